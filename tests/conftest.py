@@ -1,0 +1,42 @@
+"""Shared fixtures: one default-model engine for the whole session (loading costs seconds)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmnb.runtime import Engine
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    eng = Engine(max_tokens_in_cache=16384)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(engine: Engine):
+    return engine.tokenizer
+
+
+def wait_idle(eng: Engine, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while not eng.idle():
+        assert time.time() < deadline, "engine did not become idle"
+        time.sleep(0.01)
+
+
+def assert_slots_accounted(eng: Engine) -> None:
+    """free + evictable + protected + in-flight == capacity, and no slot is held twice."""
+    st = eng.stats()
+    total = (st["free_slots"] + st["evictable_slots"] + st["protected_slots"]
+             + st["in_flight_slots"])
+    assert total == st["capacity"], st
+    with eng._lock:
+        free = eng.pool.free_slots()
+        held = [s for n in eng.cache._nodes() for s in n.slots]
+    assert len(set(free)) == len(free)
+    assert not set(free) & set(held)
+    assert 0 not in free and 0 not in held
