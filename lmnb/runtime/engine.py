@@ -210,6 +210,7 @@ class Engine:
         match item:
             case ("add", req):
                 self.stats_.num_requests += 1
+                self.outputs.start(req)
                 self.scheduler.add(req)
             case ("abort", rid):
                 for req in self.scheduler.waiting + self.scheduler.admitted:

@@ -7,8 +7,10 @@ final GenerateResult. Knows nothing of the model's math or of memory management.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from lmnb.runtime.grammar.bitmask import allocate_bitmask, unpack_bitmask
 from lmnb.runtime.handle import GenerateResult, StreamChunk
 from lmnb.runtime.req import Req
 from lmnb.runtime.sampler import sample
@@ -97,21 +99,21 @@ class OutputProcessor:
         return self._seeded[req.rid]
 
     def _banned(self, reqs: list[Req]) -> torch.Tensor | None:
+        """[batch, vocab] bool, True where a token may not be sampled (None: no row bans)."""
         if not any(r.grammar is not None or r.params.min_new_tokens or r.params.ignore_eos
                    for r in reqs):
             return None
-        banned = torch.zeros(len(reqs), self.vocab_size, dtype=torch.bool)
+        # numpy: per-row torch ops on 49k-wide rows stall for ms when the cores are busy
+        banned = np.zeros((len(reqs), self.vocab_size), dtype=np.bool_)
         for i, req in enumerate(reqs):
             if req.grammar is not None:
-                allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
-                req.grammar.fill_mask(allowed)
-                for e in self.eos_ids:
-                    allowed[e] = req.grammar.can_end()
-                banned[i] = ~allowed
+                bitmask = allocate_bitmask(1, self.vocab_size)
+                req.grammar.fill_bitmask(bitmask[0])  # EOS allowed iff the grammar can end
+                banned[i] = ~unpack_bitmask(bitmask, self.vocab_size)[0].numpy()
             stops = list(req.params.stop_token_ids) + list(self.eos_ids)
             if len(req.output_ids) < req.params.min_new_tokens or req.params.ignore_eos:
                 banned[i, [s for s in stops if s < self.vocab_size]] = True
-        return banned
+        return torch.from_numpy(banned)
 
     def _append(self, req: Req, tok: int, lp: float) -> bool:
         """Add a sampled token (and any forced ones); True when the request has finished."""
@@ -124,7 +126,11 @@ class OutputProcessor:
         if p.return_logprobs:
             req.output_logprobs.append(lp)
         if req.grammar is not None:
-            req.grammar.accept(tok)
+            try:
+                req.grammar.accept(tok)
+            except ValueError as exc:  # a GrammarError: ends this request only
+                req.error = exc
+                return True
             self._jump_forward(req)
         req.detok.update(req.output_ids)
         if req.detok.matched_stop is not None:
@@ -135,7 +141,15 @@ class OutputProcessor:
             req.finish_reason = "length"
         return req.finish_reason is not None
 
+    def start(self, req: Req) -> None:
+        """At submission: text the grammar forces from the start joins the first extend."""
+        if req.grammar is not None:
+            self._jump_forward(req)
+            req.detok.update(req.output_ids)
+
     def _jump_forward(self, req: Req) -> None:
+        if not req.params.jump_forward:
+            return
         room = min(req.params.max_new_tokens - len(req.output_ids),
                    self.max_context - req.seq_len)
         forced = req.grammar.forced_ids()[: max(room, 0)]

@@ -36,7 +36,8 @@ def inv_freq_and_scale(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
 
 
 def _llama3(inv: torch.Tensor, s: dict) -> torch.Tensor:
-    factor, low, high = float(s["factor"]), float(s["low_freq_factor"]), float(s["high_freq_factor"])
+    factor, low = float(s["factor"]), float(s["low_freq_factor"])
+    high = float(s["high_freq_factor"])
     old_len = float(s["original_max_position_embeddings"])
     wavelen = 2 * math.pi / inv
     low_wavelen, high_wavelen = old_len / low, old_len / high
