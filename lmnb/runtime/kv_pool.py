@@ -27,7 +27,7 @@ class KVPool:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.num_slots = num_slots
         self.device = device
-        # LIFO free list of usable slots (1..num_slots-1); a set mirrors it for O(1) checks.
+        # LIFO free list of usable slots (1..num_slots-1).
         self._free: list[int] = list(range(num_slots - 1, 0, -1))
 
     @property
@@ -41,6 +41,8 @@ class KVPool:
 
     def alloc(self, n: int) -> list[int] | None:
         """n free slots, or None (and nothing taken) when fewer than n are free."""
+        if n < 0:
+            raise ValueError(f"cannot allocate {n} slots")
         if n > len(self._free):
             return None
         if n == 0:

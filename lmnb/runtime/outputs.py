@@ -144,14 +144,15 @@ class OutputProcessor:
     def start(self, req: Req) -> None:
         """At submission: text the grammar forces from the start joins the first extend."""
         if req.grammar is not None:
-            self._jump_forward(req)
+            self._jump_forward(req, reserve=1)  # the first forward samples one more token
             req.detok.update(req.output_ids)
 
-    def _jump_forward(self, req: Req) -> None:
+    def _jump_forward(self, req: Req, reserve: int = 0) -> None:
+        """Append the grammar's forced tokens, leaving `reserve` positions of the room free."""
         if not req.params.jump_forward:
             return
         room = min(req.params.max_new_tokens - len(req.output_ids),
-                   self.max_context - req.seq_len)
+                   self.max_context - req.seq_len) - reserve
         forced = req.grammar.forced_ids()[: max(room, 0)]
         if forced:
             req.grammar.accept_forced(forced)

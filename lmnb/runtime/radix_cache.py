@@ -65,15 +65,17 @@ class RadixCache:
             if child is None:
                 break
             n = _common_len(child.key, ids, i)
-            child.last_access = tick
             if n < len(child.key):
-                if split:
+                if split:  # only the used head counts as recently used
                     child = self._split(child, n)
+                    child.last_access = tick
                     slots.extend(child.slots)
                     node = child
-                else:
+                else:  # unsplit: the whole node counts as used
+                    child.last_access = tick
                     slots.extend(child.slots[:n])
                 break
+            child.last_access = tick
             slots.extend(child.slots)
             node, i = child, i + n
         return slots, node
@@ -134,9 +136,9 @@ class RadixCache:
                 self._emit("insert", node=new.id, parent=node.id, num_tokens=len(new.key))
                 return i
             n = _common_len(child.key, ids, i)
-            child.last_access = tick
             if n < len(child.key):
                 child = self._split(child, n)
+            child.last_access = tick
             node, i = child, i + n
         return i
 
