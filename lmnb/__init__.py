@@ -1,0 +1,87 @@
+"""lmnb: LM programs in notebooks, with SGLang's frontend names (`import lmnb as sgl` works).
+
+This module stays light: importing it loads no torch. The runtime (and the default model) start
+on first use, or when a `Runtime` is made.
+"""
+
+import importlib
+
+from lmnb.api import (
+    assistant,
+    assistant_begin,
+    assistant_end,
+    function,
+    gen,
+    gen_int,
+    gen_string,
+    select,
+    system,
+    system_begin,
+    system_end,
+    user,
+    user_begin,
+    user_end,
+)
+from lmnb.backend import (
+    Runtime,
+    flush_cache,
+    get_default_backend,
+    get_server_info,
+    set_default_backend,
+)
+from lmnb.choices import (
+    greedy_token_selection,
+    token_length_normalized,
+    unconditional_likelihood_normalized,
+)
+from lmnb.errors import MissingVariableError, ProgramError, RoleError
+from lmnb.function import Function
+from lmnb.state import ForkGroup, ProgramState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ForkGroup",
+    "Function",
+    "MissingVariableError",
+    "ProgramError",
+    "ProgramState",
+    "RoleError",
+    "Runtime",
+    "assistant",
+    "assistant_begin",
+    "assistant_end",
+    "flush_cache",
+    "function",
+    "gen",
+    "gen_int",
+    "gen_string",
+    "get_default_backend",
+    "get_server_info",
+    "greedy_token_selection",
+    "load_ipython_extension",
+    "select",
+    "set_default_backend",
+    "system",
+    "system_begin",
+    "system_end",
+    "token_length_normalized",
+    "unconditional_likelihood_normalized",
+    "user",
+    "user_begin",
+    "user_end",
+]
+
+
+def load_ipython_extension(ip: object) -> None:
+    """`%load_ext lmnb`: registers the notebook magics (imported only now)."""
+    try:
+        magics = importlib.import_module("lmnb.magics")
+    except ModuleNotFoundError as exc:
+        if exc.name != "lmnb.magics":
+            raise
+        raise ImportError(
+            "lmnb.magics does not exist yet: the %%lmprogram and %lmnb magics come in a later "
+            "issue; use the Python API (lmnb.function, ...) meanwhile"
+        ) from exc
+    magics.load_ipython_extension(ip)

@@ -1,0 +1,370 @@
+"""The interpreter: one worker thread per program state, running its ops in order.
+
+Owns a state's contents (token ids, text, variables, meta info, messages, role, var scopes),
+the handler for each IR node, fork/join between workers and the blocking reads. The program
+body only enqueues (`submit`), so it runs ahead while the worker calls the backend; forks and
+batch items each have their own worker, so their requests reach the runtime together and get
+batched there.
+
+Invariant: `text` and `ids` grow by the same pieces: constant text tokenised on its own, and
+generated ids as generated (fitted to the text where a stop string was cut; see `calls`). So
+every request's prompt extends the previous one's ids exactly and hits the radix cache.
+
+Knows nothing of the user-facing `ProgramState`; model calls go through `calls`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from lmnb import calls
+from lmnb.errors import MissingVariableError, ProgramError, RoleError, Site, call_site
+from lmnb.events import EventLog, StreamRecorder
+from lmnb.ir import (
+    Expr,
+    Fork,
+    Gen,
+    Join,
+    RoleBegin,
+    RoleEnd,
+    Select,
+    SetVar,
+    Text,
+    VarScopeBegin,
+    VarScopeEnd,
+    flatten,
+)
+
+JOIN_MODES = ("gather_variable", "concate_and_append")
+
+
+@dataclass(frozen=True)
+class Op:
+    node: Expr
+    site: Site | None  # the program line that appended it
+
+
+class StreamExecutor:
+    """The worker behind one `ProgramState` (the root of a run or a fork child)."""
+
+    def __init__(
+        self,
+        backend: Any,
+        defaults: Any,  # lmnb.runtime.SamplingParams: the run's defaults
+        program: str,
+        log: EventLog | None = None,
+        owner: threading.Thread | None = None,
+    ) -> None:
+        self.backend = backend
+        self.defaults = defaults
+        self.program = program
+        self.events = StreamRecorder(log or EventLog())
+        # The thread that runs the program body: the only one that submits ops.
+        self.owner = owner or threading.current_thread()
+        self.children: list[StreamExecutor] = []
+        self.error: ProgramError | None = None
+        self.ids: list[int] = []
+        self.text = ""
+        self.variables: dict[str, Any] = {}
+        self.meta: dict[str, Any] = {}
+        self.messages: list[dict[str, str]] = []
+        self.role: str | None = None
+        self._role_start = 0
+        self._scopes: dict[str, int] = {}  # open var scopes -> text offset
+        self._fork_start = (0, 0)  # (text offset, ids offset) where this fork child began
+        self._new_vars: list[str] = []  # names set since this child was forked, in order
+        self._stream: list[tuple[frozenset[str], str]] = []  # (active names, text) for text_iter
+        self._cond = threading.Condition()
+        self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
+        self._submitted = 0
+        self._done = 0
+        self._open = True  # more ops may come
+        self._ready = threading.Event()  # a fork child waits for its parent's Fork op
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"lmnb-{program}")
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> StreamExecutor:
+        self._ready.set()
+        self._thread.start()
+        return self
+
+    def spawn_child(self) -> StreamExecutor:
+        """A child that starts once this state's `Fork` op has run."""
+        child = StreamExecutor(
+            self.backend, self.defaults, self.program, self.events.log, self.owner
+        )
+        self.children.append(child)
+        child._thread.start()
+        return child
+
+    def submit(self, expr: Expr, site: Site | None) -> None:
+        if self.error is not None:
+            raise self.error
+        with self._cond:
+            if not self._open:
+                raise RuntimeError(
+                    "this state takes no more ops: its program ended or it was joined"
+                )
+            for node in flatten(expr):
+                self._submitted += 1
+                self._queue.put(Op(node, site))
+
+    def assign(self, name: str, value: Any, site: Site | None) -> None:
+        """`state[name] = value`: in order with the ops while more can come, at once after."""
+        with self._cond:
+            if self._open:
+                self.submit(SetVar(name, value), site)
+                return
+        self.wait_idle()
+        self.set_var(name, value)
+
+    def close(self) -> None:
+        """No more ops: the worker exits after the queued ones; children close too."""
+        with self._cond:
+            if not self._open:
+                return
+            self._open = False
+            self._cond.notify_all()
+        self._queue.put(None)
+        for child in self.children:
+            child.close()
+
+    def fail(self, error: ProgramError) -> None:
+        with self._cond:
+            if self.error is not None:
+                return
+            self.error = error
+            self._cond.notify_all()
+        self.events.error(str(error))
+
+    def _loop(self) -> None:
+        self._ready.wait()
+        while (op := self._queue.get()) is not None:
+            self._run(op)
+            with self._cond:
+                self._done += 1
+                self._cond.notify_all()
+
+    def _run(self, op: Op) -> None:
+        if self.error is not None:
+            self._skip(op)
+            return
+        try:
+            self.execute(op.node)
+        except ProgramError as error:
+            self.fail(error)
+        except Exception as exc:
+            error = ProgramError(self.program, op.site, exc)
+            error.__cause__ = exc
+            self.fail(error)
+
+    def _skip(self, op: Op) -> None:
+        """After a failure ops do nothing, but children waiting on a fork fail too."""
+        if isinstance(op.node, Fork):
+            for child in op.node.children:
+                child.fail(self.error)
+                child._ready.set()
+
+    # ---- waiting --------------------------------------------------------------------------
+
+    def _idle(self) -> bool:
+        return self._done == self._submitted
+
+    def wait_idle(self, recursive: bool = False) -> None:
+        with self._cond:
+            self._cond.wait_for(self._idle)
+        if recursive:
+            for child in self.children:
+                child.wait_idle(recursive=True)
+
+    def first_error(self) -> ProgramError | None:
+        """This state's error, or else the first of its descendants'."""
+        if self.error is not None:
+            return self.error
+        return next((e for c in self.children if (e := c.first_error()) is not None), None)
+
+    def get_var(self, name: str) -> Any:
+        """Block until `name` is set; missing when the worker is idle and no more ops can come."""
+        with self._cond:
+            while True:
+                if name in self.variables:
+                    return self.variables[name]
+                if self.error is not None:
+                    raise self.error
+                no_more = not self._open or threading.current_thread() is self.owner
+                if self._idle() and no_more:
+                    cause = KeyError(f"variable {name!r} is never set")
+                    raise MissingVariableError(self.program, call_site(), cause)
+                self._cond.wait()
+
+    def stream_entries(
+        self, start: int, var_name: str | None = None
+    ) -> tuple[list[tuple[frozenset[str], str]], bool]:
+        """Entries of the text stream from `start` (waiting for one) and whether the stream has
+        ended: the state is done, or variable `var_name` is set (its text is all in)."""
+        with self._cond:
+
+            def ended() -> bool:
+                done = not self._open and self._idle()
+                return self.error is not None or done or var_name in self.variables
+
+            self._cond.wait_for(lambda: len(self._stream) > start or ended())
+            return self._stream[start:], ended()
+
+    # ---- appending ------------------------------------------------------------------------
+
+    def _names(self, extra: str | None = None) -> frozenset[str]:
+        return frozenset(self._scopes) | ({extra} if extra else set())
+
+    def _append(
+        self, text: str, ids: list[int], name: str | None = None, streamed: bool = False
+    ) -> None:
+        """Append a piece (to the text stream too, unless it was `streamed` chunk by chunk)."""
+        with self._cond:
+            self.text += text
+            self.ids += ids
+            if text and not streamed:
+                self._stream.append((self._names(name), text))
+            self._cond.notify_all()
+
+    def _append_text(self, text: str) -> None:
+        if not text:
+            return
+        ids = self.backend.tokenizer.encode(text)
+        self._append(text, ids)
+        self.events.tokens(None, text, len(ids), "text")
+
+    def _stream_chunk(self, name: str | None, text: str, num_tokens: int) -> None:
+        with self._cond:
+            self._stream.append((self._names(name), text))
+            self._cond.notify_all()
+        self.events.tokens(name, text, num_tokens, "gen")
+
+    def set_var(self, name: str, value: Any, meta: Any = None) -> None:
+        with self._cond:
+            self.variables[name] = value
+            if meta is not None:
+                self.meta[name] = meta
+            if name not in self._new_vars:
+                self._new_vars.append(name)
+            self._cond.notify_all()
+
+    # ---- handlers -------------------------------------------------------------------------
+
+    def execute(self, node: Expr) -> None:
+        match node:
+            case Text():
+                self._append_text(node.value)
+            case Gen():
+                self._gen(node)
+            case Select():
+                self._select(node)
+            case RoleBegin():
+                self._role_begin(node)
+            case RoleEnd():
+                self._role_end(node)
+            case VarScopeBegin():
+                self._scopes[node.name] = len(self.text)
+            case VarScopeEnd():
+                self._var_scope_end(node)
+            case SetVar():
+                self.set_var(node.name, node.value)
+            case Fork():
+                self._fork(node)
+            case Join():
+                self._join(node)
+            case _:
+                raise TypeError(f"cannot run {type(node).__name__} nodes")
+
+    def _gen(self, node: Gen) -> None:
+        self.events.start("gen", node.name)
+        params = self.defaults.merged(**node.overrides)
+        on_chunk = lambda text, num_tokens: self._stream_chunk(node.name, text, num_tokens)
+        piece = calls.generate(self.backend, list(self.ids), params, node.dtype, on_chunk)
+        self._append(piece.text, piece.ids, streamed=True)
+        self._finish(node.name, "gen", piece)
+
+    def _select(self, node: Select) -> None:
+        self.events.start("select", node.name)
+        piece = calls.select(self.backend, list(self.ids), node.choices, node.method)
+        self._append(piece.text, piece.ids, node.name)
+        self._finish(node.name, "select", piece)
+
+    def _finish(self, name: str | None, op: str, piece: calls.Piece) -> None:
+        if name is not None:
+            self.set_var(name, piece.text, piece.meta)
+        self.events.end(op, name, piece.counts)
+
+    def _role_begin(self, node: RoleBegin) -> None:
+        if self.role is not None:
+            raise RoleError(f"role {node.role!r} begins inside the open {self.role!r} role")
+        template = self.backend.chat_template
+        if node.role != "system" and not self.messages:
+            self._append_text(template.head)
+        self._append_text(template.prefix(node.role))
+        self.role = node.role
+        self._role_start = len(self.text)
+
+    def _role_end(self, node: RoleEnd) -> None:
+        if self.role != node.role:
+            raise RoleError(f"role {node.role!r} ends but the open role is {self.role!r}")
+        self.messages.append({"role": node.role, "content": self.text[self._role_start :]})
+        self._append_text(self.backend.chat_template.suffix(node.role))
+        self.role = None
+
+    def _var_scope_end(self, node: VarScopeEnd) -> None:
+        if node.name not in self._scopes:
+            raise ValueError(f"var_scope {node.name!r} ends without its begin")
+        start = self._scopes.pop(node.name)
+        self.set_var(node.name, self.text[start:])
+
+    def _fork(self, node: Fork) -> None:
+        self.events.start("fork")
+        # Commit the shared prefix once, so that every child hits it.
+        counts = calls.commit_prefix(self.backend, list(self.ids))
+        for child in node.children:
+            child._start_from(self)
+        self.events.fork([c.events.stream_id for c in node.children], len(self.ids))
+        self.events.end("fork", None, counts)
+
+    def _start_from(self, parent: StreamExecutor) -> None:
+        self.ids = list(parent.ids)
+        self.text = parent.text
+        self.variables = dict(parent.variables)
+        self.meta = dict(parent.meta)
+        self.messages = list(parent.messages)
+        self.role, self._role_start = parent.role, parent._role_start
+        self._scopes = dict(parent._scopes)
+        self._fork_start = (len(self.text), len(self.ids))
+        self._ready.set()
+
+    def _join(self, node: Join) -> None:
+        self.events.start("join")
+        for child in node.children:
+            child.wait_idle(recursive=True)
+            if (error := child.first_error()) is not None:
+                raise error
+        match node.mode:
+            case "gather_variable":
+                self._gather_variables(node.children)
+            case "concate_and_append":
+                for child in node.children:
+                    text_start, ids_start = child._fork_start
+                    self._append(child.text[text_start:], child.ids[ids_start:])
+            case _:
+                raise ValueError(f"join mode must be one of {JOIN_MODES}, got {node.mode!r}")
+        for child in node.children:
+            child.close()
+        self.events.join([c.events.stream_id for c in node.children], node.mode)
+        self.events.end("join")
+
+    def _gather_variables(self, children: tuple[StreamExecutor, ...]) -> None:
+        names = list(dict.fromkeys(n for c in children for n in c._new_vars))
+        for name in names:
+            values = [c.variables.get(name) for c in children]
+            metas = [c.meta.get(name) for c in children]
+            self.set_var(name, values, metas if any(m is not None for m in metas) else None)
