@@ -19,6 +19,10 @@ from lmnb.runtime.policy import check_policy, order
 from lmnb.runtime.radix_cache import RadixCache
 from lmnb.runtime.req import Req
 
+# A waiting request whose next this-many uncached tokens are being computed in the current
+# step for another request is admitted one step later, so it hits them in the cache instead.
+IN_BATCH_SHARE_TOKENS = 16
+
 
 @dataclass
 class ExtendItem:
@@ -97,9 +101,12 @@ class Scheduler:
         if self.waiting:
             ordered = order(self.waiting, self.cache, self.policy, self.step_count,
                             self.aging_steps)
+            fresh: list[Req] = []
             for req in ordered:
                 if budget <= 0 or len(self.admitted) >= self.max_running:
                     break
+                if self._shares_with(req, fresh):
+                    continue  # wait one step: it will hit the prefix this step computes
                 if not self._admit(req):
                     break
                 item = self._extend_item(req, budget)
@@ -108,8 +115,19 @@ class Scheduler:
                     self.waiting.insert(0, req)
                     break
                 items.append(item)
+                fresh.append(req)
                 budget -= len(item.ids)
         return Step(False, items) if items else None
+
+    def _shares_with(self, req: Req, fresh: list[Req]) -> bool:
+        """Whether req's next uncached tokens are being computed for a request in this step."""
+        if self.cache.disabled or not fresh:
+            return False
+        end = self.cache.prefix_len(req.all_ids) + IN_BATCH_SHARE_TOKENS
+        if end >= req.seq_len:
+            return False
+        head = req.all_ids[:end]
+        return any(r.all_ids[:end] == head for r in fresh)
 
     def _decode_step(self) -> Step | None:
         reqs = [r for r in self.admitted if r.num_pending == 1 and r.output_ids]

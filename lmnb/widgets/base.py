@@ -1,0 +1,38 @@
+"""`HtmlView`: the anywidget base every view shares: an `html` trait drawn by the shipped JS.
+
+A subclass computes plain-data traits and the markup from them in `refresh()` (pure, called
+from the poller thread: it only sets traits). `_repr_html_` is that same markup, so a saved
+notebook shows a frozen picture without JavaScript.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import traitlets
+
+STATIC = Path(__file__).parent / "static"
+
+
+class HtmlView(anywidget.AnyWidget):
+    _esm = STATIC / "html_view.js"
+    _css = STATIC / "views.css"
+    html = traitlets.Unicode("").tag(sync=True)
+
+    def refresh(self) -> None:  # pragma: no cover - every view overrides it
+        raise NotImplementedError
+
+    def _repr_html_(self) -> str:
+        return f'<div class="lmnb-view">{self.html}</div>'
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return with_static_html(self, super()._repr_mimebundle_(**kwargs))
+
+
+def with_static_html(view: Any, bundle: Any) -> Any:
+    """The widget's bundle plus its static HTML, so a frontend without the widget (nbconvert,
+    GitHub, a terminal shell's formatters) still has a picture."""
+    data, meta = bundle if isinstance(bundle, tuple) else (bundle or {}, {})
+    return {**data, "text/html": view._repr_html_()}, meta

@@ -1,0 +1,181 @@
+"""`%%lmprogram` and `%lmnb`, headless through IPython's shell, on the session's real engine.
+
+The magics use the default backend, set here to a `Runtime` around the `engine` fixture; only
+`%lmnb start` is checked with a stand-in runtime (a second model load would cost seconds).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.testing.globalipapp import start_ipython
+from IPython.utils.capture import capture_output
+
+import lmnb as lm
+import lmnb.backend
+from lmnb.magics import LmnbMagics, parse_program_line
+from lmnb.widgets.text import progress
+from tests.conftest import wait_idle
+
+GREET = 's += user("Say hi in three words")\ns += assistant(gen("a"))\n'
+
+
+@pytest.fixture(scope="module")
+def ip(engine):
+    before = lmnb.backend._default
+    lm.set_default_backend(lm.Runtime(engine=engine))
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "lmnb")
+    yield shell
+    lm.set_default_backend(before)
+
+
+def cell(ip, line: str, body: str):
+    return ip.run_cell_magic("lmprogram", line, body)
+
+
+def test_run_now_waits_and_stores_the_state(ip) -> None:
+    cell(ip, "--out st --wait --max-tokens 6 --temperature 0 --view none", GREET)
+    st = ip.user_ns["st"]
+    assert isinstance(st, lm.ProgramState)
+    assert st["a"] and st.get_meta_info("a")["completion_tokens"] <= 6
+
+
+def test_notebook_variables_and_lm_are_in_scope(ip) -> None:
+    ip.user_ns["question"] = "Name a colour."
+    cell(ip, "--out st2 --wait --max-tokens 4 --view none",
+         's += lm.user(question)\ns += lm.assistant(lm.gen("a"))\n')
+    assert "Name a colour." in ip.user_ns["st2"].text()
+    assert "gen" not in ip.user_ns  # primitives are in the cell's scope, not the notebook's
+
+
+def test_default_returns_at_once_and_runs_in_the_background(ip) -> None:
+    cell(ip, "--out bg --max-tokens 24 --temperature 0 --view none", GREET)
+    bg = ip.user_ns["bg"]
+    assert not progress(bg)[2]  # the cell returned while the program still runs
+    assert bg.sync()["a"]  # it finishes on its own
+    assert bg.error() is None
+
+
+def test_define_form_makes_a_real_function(ip) -> None:
+    cell(ip, "qa(question, n=3)",
+         's += user(question)\ns += assistant(gen("answer", max_tokens=n))\n')
+    qa = ip.user_ns["qa"]
+    assert isinstance(qa, lm.Function) and qa.arg_names == ["question", "n"]
+    state = qa.run(question="Hi", temperature=0)
+    assert state.get_meta_info("answer")["completion_tokens"] <= 3
+    assert [n.__class__.__name__ for n in qa.trace().nodes]  # traces like any function
+
+
+def test_define_form_rejects_run_options(ip) -> None:
+    with pytest.raises(UsageError):
+        cell(ip, "qa(question) --wait", GREET)
+
+
+def test_error_in_the_body_points_into_the_cell(ip) -> None:
+    result = ip.run_cell("%%lmprogram --wait --view none\nx = 1\ny = x / 0\n")
+    error = result.error_in_exec
+    assert isinstance(error, lm.ProgramError)
+    assert isinstance(error.__cause__, ZeroDivisionError)
+    tb, frames = error.__cause__.__traceback__, []
+    while tb:
+        frames.append((tb.tb_frame.f_code.co_filename, tb.tb_lineno))
+        tb = tb.tb_next
+    filename, lineno = frames[-1]
+    assert filename.startswith("<ipython-input") and lineno == 2
+
+
+@pytest.mark.parametrize(("view", "kind"), [("full", "Dashboard"), ("text", "TextView"),
+                                            ("none", None)])
+def test_view_option(ip, view: str, kind: str | None) -> None:
+    with capture_output() as out:
+        cell(ip, f"--wait --max-tokens 3 --view {view}", GREET)
+    if kind is None:
+        assert not out.outputs
+        return
+    [shown] = out.outputs
+    assert kind in shown.data["text/plain"]
+    assert "<pre" in shown.data["text/html"]  # the static picture travels with the widget
+
+
+def test_bad_options_are_usage_errors(ip) -> None:
+    for line in ("--view fancy", "--frobnicate", "not a signature"):
+        with pytest.raises(UsageError):
+            parse_program_line(line)
+
+
+def test_lmnb_status_flush_policy_cache(ip, engine) -> None:
+    with capture_output() as out:
+        status = ip.run_line_magic("lmnb", "status")
+    assert status["model"] == engine.model_name and "hit_rate" in out.stdout
+    wait_idle(engine)
+    with capture_output():
+        ip.run_line_magic("lmnb", "flush")
+    assert engine.stats()["evictable_slots"] == 0
+    try:
+        with capture_output():
+            ip.run_line_magic("lmnb", "policy fcfs")
+        assert engine.policy == "fcfs"
+        with pytest.raises(UsageError):
+            ip.run_line_magic("lmnb", "policy nonsense")
+    finally:
+        engine.set_policy("lpm")
+    view = ip.run_line_magic("lmnb", "cache")
+    assert type(view).__name__ == "RadixTreeView"
+    view.close()  # a closed view's refresh thread ends
+    view.poller.thread.join(timeout=2)
+    assert not view.poller.thread.is_alive()
+    with pytest.raises(UsageError):
+        ip.run_line_magic("lmnb", "teleport")
+
+
+def test_lmnb_start_uses_config_defaults_and_stop(ip, monkeypatch) -> None:
+    made = []
+
+    class FakeRuntime:
+        def __init__(self, model, **kwargs):
+            made.append((model, kwargs))
+            self.engine = type("E", (), {"model_name": "fake"})()
+
+        def shutdown(self):
+            made.append("shutdown")
+
+    before = lmnb.backend._default
+    monkeypatch.setattr(lm, "Runtime", FakeRuntime)
+    magics = ip.magics_manager.registry["LmnbMagics"]
+    monkeypatch.setattr(magics, "max_tokens_in_cache", 512)
+    try:
+        with capture_output():
+            ip.run_line_magic("lmnb", "start --policy fcfs")
+        assert made == [(None, {"policy": "fcfs", "max_tokens_in_cache": 512})]
+        assert isinstance(lmnb.backend._default, FakeRuntime)
+        ip.run_line_magic("lmnb", "stop")
+        assert made[-1] == "shutdown" and lmnb.backend._default is None
+    finally:
+        lm.set_default_backend(before)
+
+
+def test_config_options_are_traitlets() -> None:
+    names = LmnbMagics.class_trait_names(config=True)
+    assert {"model", "policy", "max_tokens_in_cache"} <= set(names)
+
+
+def test_loading_the_magics_does_not_import_widgets() -> None:
+    code = ("import sys, lmnb.magics; bad = {'anywidget', 'ipywidgets', 'torch'} & "
+            "set(sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cell_scope_reaches_notebook_names_and_primitives_from_nested_code() -> None:
+    from lmnb.magics import CellScope, compile_program
+
+    ns = {"items": [1, 2, 3], "__builtins__": __builtins__}
+    body = ("def h():\n    return gen, len(items)\n"
+            "return [x * k for x in items], h(), lm.__name__\n")
+    program = compile_program("p", "k=2", body, "<cell>", CellScope(ns))
+    assert program.func(None) == ([2, 4, 6], (lm.gen, 3), "lmnb")
+    ns["items"] = [5]  # the notebook's names are read live, at call time
+    assert program.func(None)[0] == [10]
