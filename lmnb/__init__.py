@@ -75,13 +75,5 @@ __all__ = [
 
 def load_ipython_extension(ip: object) -> None:
     """`%load_ext lmnb`: registers the notebook magics (imported only now)."""
-    try:
-        magics = importlib.import_module("lmnb.magics")
-    except ModuleNotFoundError as exc:
-        if exc.name != "lmnb.magics":
-            raise
-        raise ImportError(
-            "lmnb.magics does not exist yet: the %%lmprogram and %lmnb magics come in a later "
-            "issue; use the Python API (lmnb.function, ...) meanwhile"
-        ) from exc
+    magics = importlib.import_module("lmnb.magics")
     magics.load_ipython_extension(ip)

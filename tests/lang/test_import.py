@@ -5,8 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 
 def test_import_does_not_load_torch():
     code = "import sys, lmnb; print('torch' in sys.modules, 'transformers' in sys.modules)"
@@ -23,14 +21,3 @@ def test_sglang_names_are_exported():
         "assistant_end", "set_default_backend", "Runtime", "flush_cache",
     ]  # fmt: skip
     assert all(callable(getattr(sgl, n)) for n in names)
-
-
-def test_load_ipython_extension_without_magics_says_so():
-    import importlib.util
-
-    import lmnb
-
-    if importlib.util.find_spec("lmnb.magics") is not None:
-        pytest.skip("lmnb.magics exists")
-    with pytest.raises(ImportError, match="later issue"):
-        lmnb.load_ipython_extension(object())
