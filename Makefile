@@ -21,13 +21,13 @@ setup: $(STAMP)
 
 # Converts the default model's GGUF once to safetensors in $LMNB_CACHE (default ~/.cache/lmnb).
 model: setup
-	$(PY) -m lmnb.runtime.loader
+	$(PY) -c 'from lmnb.runtime.loader import main; main()'
 
 lab: model
 	$(VENV)/bin/jupyter lab tutorials/ $(LAB_ARGS)
 
 test: model
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests notebooks --nbval-lax $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
