@@ -56,7 +56,8 @@ class OutputProcessor:
         offset = 0
         for item, w in zip(step.items, want):
             req = item.req
-            scheduler.commit(item, share=not step.is_decode)
+            # tokens of an extend are shared at once; a decoding request's at its end
+            scheduler.commit(item, share=len(item.ids) > 1 or not req.output_ids)
             rows = logits[offset : offset + len(w)]
             offset += len(w)
             self._prompt_logprobs(req, item, w, rows)

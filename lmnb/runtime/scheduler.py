@@ -117,7 +117,22 @@ class Scheduler:
                 items.append(item)
                 fresh.append(req)
                 budget -= len(item.ids)
+        if items:  # decoding requests ride along instead of waiting for a decode step
+            stepping = {id(item.req) for item in items}
+            items += self._decode_items(
+                [r for r in self.admitted if r.num_pending == 1 and r.output_ids
+                 and id(r) not in stepping], budget)
         return Step(False, items) if items else None
+
+    def _decode_items(self, reqs: list[Req], budget: int) -> list[ExtendItem]:
+        reqs = reqs[: max(budget, 0)]
+        slots = self._alloc(len(reqs)) if reqs else None
+        if slots is None:
+            return []
+        items = [ExtendItem(r, r.kv_len, [r.all_ids[-1]], [s]) for r, s in zip(reqs, slots)]
+        for item in items:
+            self.table.set(item.req.row, item.start, item.slots)  # type: ignore[arg-type]
+        return items
 
     def _shares_with(self, req: Req, fresh: list[Req]) -> bool:
         """Whether req's next uncached tokens are being computed for a request in this step."""
@@ -133,16 +148,10 @@ class Scheduler:
         reqs = [r for r in self.admitted if r.num_pending == 1 and r.output_ids]
         if not reqs:
             return None
-        slots = self._alloc(len(reqs))
-        while slots is None and len(reqs) > 1:
+        while len(reqs) > 1 and self.pool.num_free + self.cache.evictable_size < len(reqs):
             self.retract(reqs.pop())
-            slots = self._alloc(len(reqs))
-        if slots is None:
-            return None
-        items = [ExtendItem(r, r.kv_len, [r.all_ids[-1]], [s]) for r, s in zip(reqs, slots)]
-        for item in items:
-            self.table.set(item.req.row, item.start, item.slots)  # type: ignore[arg-type]
-        return Step(True, items)
+        items = self._decode_items(reqs, len(reqs))
+        return Step(True, items) if items else None
 
     def _extend_item(self, req: Req, budget: int) -> ExtendItem | None:
         n = min(req.num_pending, budget)
