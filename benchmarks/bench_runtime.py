@@ -22,6 +22,7 @@ compared are timed in turns. Targets are reported as PASS/FAIL; the exit status 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -68,7 +69,7 @@ class Sizes:
     repeats: int = 3  # prefill, decode, and lmnb with the cache on the shared prefix
     slow_repeats: int = 1  # the slow baselines of the shared-prefix workload
     noshare_repeats: int = 2  # cache on/off in turns; the overhead is a few percent at most
-    max_tokens_in_cache: int = 80_000
+    max_tokens_in_cache: int = 70_000  # > 64 x (1020 + 32): no request waits for KV
 
 
 FULL = Sizes()
@@ -384,8 +385,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     sy = Systems(sizes)
     text = SyntheticText(sy.tokenizer, seed=0)
+    dtype = str(sy.dtype).removeprefix("torch.")
+    info = machine_info(dtype=dtype, model=sy.lm.model_name)
+    title = (f"lmnb runtime vs transformers - {sy.lm.model_name}, {dtype}, "
+             f"{info['cpu_model']} x{info['cpu_cores']}{' (quick)' if args.quick else ''}")
     rows: list[Row] = []
     results: dict[str, Any] = {}
+
+    def save(complete: bool) -> Path:  # after every workload, so a killed run keeps its part
+        info["transformers_attention"] = sy.hf_attention if sy._hf is not None else None
+        return write_json(args.name, {"title": title, "quick": args.quick, "complete": complete,
+                                      "machine": info, "sizes": asdict(sizes),
+                                      "workloads": results,
+                                      "total_seconds": time.perf_counter() - started}, rows)
+
     try:
         for name in workloads:
             t0 = time.perf_counter()
@@ -393,21 +406,16 @@ def main(argv: list[str] | None = None) -> int:
             new_rows, results[name] = BENCHES[name](sy, text, sizes, repeats)
             results[name]["seconds"] = time.perf_counter() - t0
             rows += new_rows
+            save(complete=False)
             log(f"[{name}: {time.perf_counter() - t0:.0f} s]")
     finally:
         sy.shutdown()
-    dtype = str(sy.dtype).removeprefix("torch.")
-    info = machine_info(dtype=dtype, model=sy.lm.model_name,
-                        transformers_attention=sy.hf_attention if sy._hf is not None else None)
-    title = (f"lmnb runtime vs transformers - {sy.lm.model_name}, {dtype}, "
-             f"{info['cpu_model']} x{info['cpu_cores']}{' (quick)' if args.quick else ''}")
+    info["load_average_end"] = list(os.getloadavg())
+    path = save(complete=True)
     caption = ("best of repeats, systems timed in turns; ratio = lmnb / baseline for tok/s, "
                "baseline / lmnb (speedup) for times, except no shared prefix: lmnb time with / "
                "without the cache")
     print_table(title, rows, caption)
-    path = write_json(args.name, {"title": title, "quick": args.quick, "machine": info,
-                                  "sizes": asdict(sizes), "workloads": results,
-                                  "total_seconds": time.perf_counter() - started}, rows)
     if args.markdown:
         print(f"\n**{title}**\n\n{markdown_table(rows)}\n")
     log(f"wrote {path} ({time.perf_counter() - started:.0f} s)")
