@@ -49,13 +49,13 @@ class EventLog:
         self._events: list[TraceEvent] = []
         self._listeners: list[Listener] = []
         self._stream_ids = itertools.count()
-        self._t0 = time.perf_counter()
+        self.t0 = time.perf_counter()  # event times are seconds after this
 
     def new_stream_id(self) -> int:
         return next(self._stream_ids)
 
     def record(self, kind: str, stream_id: int, name: str | None = None, **data: Any) -> None:
-        event = TraceEvent(kind, stream_id, time.perf_counter() - self._t0, name, data)
+        event = TraceEvent(kind, stream_id, time.perf_counter() - self.t0, name, data)
         with self._lock:
             self._events.append(event)
             listeners = list(self._listeners)
@@ -121,3 +121,79 @@ class StreamRecorder:
 
     def error(self, message: str) -> None:
         self.log.record("error", self.stream_id, message=message)
+
+
+# ---- the token ledger: where each token of a stream came from -------------------------------
+
+CATEGORIES = ("cached", "computed", "generated", "jump_forward", "pending")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """`length` ids appended at `start`: `kind` is text, gen or select; `forced` are the
+    offsets (from `start`) of jump-forward tokens in a gen."""
+
+    start: int
+    length: int
+    kind: str
+    name: str | None = None
+    forced: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """A request (or a select's batch of them) over the first `prefix_len` ids of a stream, of
+    which the first `cached_len` were in the radix cache before it."""
+
+    prefix_len: int
+    cached_len: int
+    op: str
+
+
+class TokenLedger:
+    """A stream's segments and model calls, in order; a fork child starts with a copy of its
+    parent's. Appended by the stream's worker; read from any thread (copies under a lock)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.segments: list[Segment] = []
+        self.calls: list[ModelCall] = []
+
+    def add_segment(self, segment: Segment) -> None:
+        if segment.length:
+            with self._lock:
+                self.segments.append(segment)
+
+    def add_call(self, call: ModelCall) -> None:
+        with self._lock:
+            self.calls.append(call)
+
+    def copy(self) -> TokenLedger:
+        new = TokenLedger()
+        with self._lock:
+            new.segments, new.calls = list(self.segments), list(self.calls)
+        return new
+
+    def categories(self) -> list[str]:
+        """One of `CATEGORIES` per token: gen output is generated or jump_forward; other ids
+        are cached or computed by the first call that read them, or pending if none has yet."""
+        with self._lock:
+            segments, calls = list(self.segments), list(self.calls)
+        out: list[str] = []
+        for seg in segments:
+            out.extend(_segment_categories(seg, calls))
+        return out
+
+
+def _segment_categories(seg: Segment, calls: list[ModelCall]) -> list[str]:
+    if seg.kind in ("gen", "select"):
+        forced = set(seg.forced)
+        return ["jump_forward" if i in forced else "generated" for i in range(seg.length)]
+    out = []
+    for pos in range(seg.start, seg.start + seg.length):
+        reader = next((c for c in calls if c.prefix_len > pos), None)
+        if reader is None:
+            out.append("pending")
+        else:
+            out.append("cached" if pos < reader.cached_len else "computed")
+    return out

@@ -22,7 +22,7 @@ from typing import Any
 
 from lmnb import calls
 from lmnb.errors import MissingVariableError, ProgramError, RoleError, Site, call_site
-from lmnb.events import EventLog, StreamRecorder
+from lmnb.events import EventLog, ModelCall, Segment, StreamRecorder, TokenLedger
 from lmnb.ir import (
     Expr,
     Fork,
@@ -41,6 +41,54 @@ from lmnb.ir import (
 JOIN_MODES = ("gather_variable", "concate_and_append")
 
 
+class Cancelled(Exception):
+    """The program was cancelled (`StreamExecutor.cancel`, Ctrl-C on a waiting cell)."""
+
+
+class RunControl:
+    """What one run (a root state and its forks) shares: its in-flight requests and whether it
+    was cancelled. Cancelling aborts every request not yet finished (the runtime frees their
+    slots) and makes every later model call raise `Cancelled`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._handles: list[Any] = []
+        self.cancelled = False
+
+    def track(self, handle: Any) -> Any:
+        with self._lock:
+            self._handles = [h for h in self._handles if not h.done()] + [handle]
+            cancelled = self.cancelled
+        if cancelled:
+            handle.cancel()
+        return handle
+
+    def cancel(self) -> int:
+        """Abort the run's unfinished requests; returns how many were still running."""
+        with self._lock:
+            self.cancelled = True
+            live = [h for h in self._handles if not h.done()]
+        for handle in live:
+            handle.cancel()
+        return len(live)
+
+
+class TrackedBackend:
+    """A backend whose requests a `RunControl` can cancel; everything else passes through."""
+
+    def __init__(self, backend: Any, control: RunControl) -> None:
+        self.inner = backend
+        self.control = control
+
+    def generate(self, prompt: list[int], params: Any) -> Any:
+        if self.control.cancelled:
+            raise Cancelled("the program was cancelled")
+        return self.control.track(self.inner.generate(prompt, params))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 @dataclass(frozen=True)
 class Op:
     node: Expr
@@ -57,8 +105,13 @@ class StreamExecutor:
         program: str,
         log: EventLog | None = None,
         owner: threading.Thread | None = None,
+        control: RunControl | None = None,
     ) -> None:
+        self.control = control or RunControl()
+        if not isinstance(backend, TrackedBackend):
+            backend = TrackedBackend(backend, self.control)
         self.backend = backend
+        self.ledger = TokenLedger()
         self.defaults = defaults
         self.program = program
         self.events = StreamRecorder(log or EventLog())
@@ -68,6 +121,7 @@ class StreamExecutor:
         self.error: ProgramError | None = None
         self.ids: list[int] = []
         self.text = ""
+        self.live_text = ""  # the running gen's text so far (not yet in `text`)
         self.variables: dict[str, Any] = {}
         self.meta: dict[str, Any] = {}
         self.messages: list[dict[str, str]] = []
@@ -95,7 +149,7 @@ class StreamExecutor:
     def spawn_child(self) -> StreamExecutor:
         """A child that starts once this state's `Fork` op has run."""
         child = StreamExecutor(
-            self.backend, self.defaults, self.program, self.events.log, self.owner
+            self.backend, self.defaults, self.program, self.events.log, self.owner, self.control
         )
         self.children.append(child)
         child._thread.start()
@@ -141,6 +195,18 @@ class StreamExecutor:
             self._cond.notify_all()
         self.events.error(str(error))
 
+    def cancel(self) -> int:
+        """Abort this run's requests and fail every state of it; the runtime keeps serving.
+        Returns how many requests were still running."""
+        num_aborted = self.control.cancel()
+        self._fail_tree(ProgramError(self.program, None, Cancelled("the program was cancelled")))
+        return num_aborted
+
+    def _fail_tree(self, error: ProgramError) -> None:
+        self.fail(error)
+        for child in self.children:
+            child._fail_tree(error)
+
     def _loop(self) -> None:
         self._ready.wait()
         while (op := self._queue.get()) is not None:
@@ -174,12 +240,26 @@ class StreamExecutor:
     def _idle(self) -> bool:
         return self._done == self._submitted
 
-    def wait_idle(self, recursive: bool = False) -> None:
+    def _settled(self, until_closed: bool) -> bool:
+        """Idle, and (with `until_closed`, for a thread other than the body's) closed too."""
+        if not self._idle():
+            return False
+        return not until_closed or not self._open or threading.current_thread() is self.owner
+
+    def wait_idle(self, recursive: bool = False, until_closed: bool = False) -> None:
+        """Wait for the ops submitted so far; with `until_closed`, a reader outside the body
+        also waits for the body to end, so the ops it has yet to submit are waited for too."""
         with self._cond:
-            self._cond.wait_for(self._idle)
+            self._cond.wait_for(lambda: self._settled(until_closed))
         if recursive:
-            for child in self.children:
-                child.wait_idle(recursive=True)
+            for child in list(self.children):
+                child.wait_idle(recursive=True, until_closed=until_closed)
+
+    def finished(self) -> bool:
+        """The body has ended and every op here and in the forks has run (never blocks)."""
+        with self._cond:
+            done = not self._open and self._idle()
+        return done and all(c.finished() for c in list(self.children))
 
     def first_error(self) -> ProgramError | None:
         """This state's error, or else the first of its descendants'."""
@@ -221,12 +301,16 @@ class StreamExecutor:
         return frozenset(self._scopes) | ({extra} if extra else set())
 
     def _append(
-        self, text: str, ids: list[int], name: str | None = None, streamed: bool = False
+        self, text: str, ids: list[int], name: str | None = None, streamed: bool = False,
+        kind: str = "text", forced: tuple[int, ...] = (),
     ) -> None:
-        """Append a piece (to the text stream too, unless it was `streamed` chunk by chunk)."""
+        """Append a piece (to the text stream too, unless it was `streamed` chunk by chunk);
+        the ledger records where its ids came from (`kind`: text, gen or select)."""
         with self._cond:
+            self.ledger.add_segment(Segment(len(self.ids), len(ids), kind, name, forced))
             self.text += text
             self.ids += ids
+            self.live_text = ""
             if text and not streamed:
                 self._stream.append((self._names(name), text))
             self._cond.notify_all()
@@ -241,6 +325,7 @@ class StreamExecutor:
     def _stream_chunk(self, name: str | None, text: str, num_tokens: int) -> None:
         with self._cond:
             self._stream.append((self._names(name), text))
+            self.live_text += text
             self._cond.notify_all()
         self.events.tokens(name, text, num_tokens, "gen")
 
@@ -284,15 +369,25 @@ class StreamExecutor:
         self.events.start("gen", node.name)
         params = self.defaults.merged(**node.overrides)
         on_chunk = lambda text, num_tokens: self._stream_chunk(node.name, text, num_tokens)
-        piece = calls.generate(self.backend, list(self.ids), params, node.dtype, on_chunk)
-        self._append(piece.text, piece.ids, streamed=True)
+        prefix = list(self.ids)
+        piece = calls.generate(self.backend, prefix, params, node.dtype, on_chunk)
+        if self.control.cancelled:
+            raise Cancelled("the program was cancelled")
+        self._record_call(len(prefix), piece.counts.get("cached_tokens", 0), "gen")
+        forced = forced_offsets(self.backend, params, piece) if piece.meta["forced_tokens"] else ()
+        self._append(piece.text, piece.ids, streamed=True, kind="gen", forced=forced)
         self._finish(node.name, "gen", piece)
 
     def _select(self, node: Select) -> None:
         self.events.start("select", node.name)
-        piece = calls.select(self.backend, list(self.ids), node.choices, node.method)
-        self._append(piece.text, piece.ids, node.name)
+        prefix = list(self.ids)
+        piece = calls.select(self.backend, prefix, node.choices, node.method)
+        self._record_call(len(prefix), min(piece.meta["cached_tokens"]), "select")
+        self._append(piece.text, piece.ids, node.name, kind="select")
         self._finish(node.name, "select", piece)
+
+    def _record_call(self, prefix_len: int, cached_len: int, op: str) -> None:
+        self.ledger.add_call(ModelCall(prefix_len, min(cached_len, prefix_len), op))
 
     def _finish(self, name: str | None, op: str, piece: calls.Piece) -> None:
         if name is not None:
@@ -326,6 +421,8 @@ class StreamExecutor:
         self.events.start("fork")
         # Commit the shared prefix once, so that every child hits it.
         counts = calls.commit_prefix(self.backend, list(self.ids))
+        if counts:
+            self._record_call(len(self.ids), counts["cached_tokens"], "fork")
         for child in node.children:
             child._start_from(self)
         self.events.fork([c.events.stream_id for c in node.children], len(self.ids))
@@ -339,6 +436,7 @@ class StreamExecutor:
         self.messages = list(parent.messages)
         self.role, self._role_start = parent.role, parent._role_start
         self._scopes = dict(parent._scopes)
+        self.ledger = parent.ledger.copy()
         self._fork_start = (len(self.text), len(self.ids))
         self._ready.set()
 
@@ -368,3 +466,31 @@ class StreamExecutor:
             values = [c.variables.get(name) for c in children]
             metas = [c.meta.get(name) for c in children]
             self.set_var(name, values, metas if any(m is not None for m in metas) else None)
+
+
+def forced_offsets(backend: Any, params: Any, piece: calls.Piece) -> tuple[int, ...]:
+    """Offsets of the jump-forward tokens in a gen's ids, found by replaying the ids through
+    the same grammar the runtime used (forced at the start and after every sampled token).
+    Empty when the runtime's grammar compiler cannot be reached or the replay disagrees."""
+    compiler = getattr(getattr(backend, "engine", None), "_grammar", None)
+    compiled = compiler.compile(params) if compiler is not None else None
+    if compiled is None:
+        return ()
+    state, ids, pos, out = compiled.new_state(), piece.ids, 0, []
+    try:
+        pos = _replay_forced(state, ids, pos, params.max_new_tokens - 1, out)
+        while pos < len(ids):
+            state.accept(ids[pos])
+            pos = _replay_forced(state, ids, pos + 1, params.max_new_tokens - pos - 1, out)
+    except ValueError:
+        return ()
+    return tuple(out)
+
+
+def _replay_forced(state: Any, ids: list[int], pos: int, room: int, out: list[int]) -> int:
+    forced = state.forced_ids()[: max(room, 0)]
+    if not forced or ids[pos : pos + len(forced)] != forced:
+        return pos
+    state.accept_forced(forced)
+    out.extend(range(pos, pos + len(forced)))
+    return pos + len(forced)

@@ -12,6 +12,7 @@ import argparse
 import ast
 import re
 import shlex
+import time
 import traceback
 from typing import Any
 
@@ -55,6 +56,7 @@ def _program_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="%%lmprogram", add_help=False, exit_on_error=False)
     p.add_argument("--out", default=None)
     p.add_argument("--wait", action="store_true")
+    p.add_argument("--batch", default=None, metavar="VAR")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--view", choices=VIEWS, default="full")
@@ -118,40 +120,64 @@ class LmnbMagics(Magics):
         filename = self.shell.compile.cache(cell)
         scope = CellScope(self.shell.user_ns)
         if name is not None:
-            if opts.out or opts.wait or opts.temperature is not None or opts.max_tokens:
+            if opts.out or opts.wait or opts.batch or opts.temperature is not None or \
+                    opts.max_tokens:
                 raise UsageError("%%lmprogram name(...) only defines a program; pass --out/--wait/"
-                                 "--temperature/--max-tokens when you run it")
+                                 "--batch/--temperature/--max-tokens when you run it")
             self.shell.user_ns[name] = compile_program(name, params, cell, filename, scope)
             return None
-        program = compile_program("lmprogram_cell", "", cell, filename, scope)
-        return self._run(program, opts)
+        items = self._batch_items(opts.batch) if opts.batch else [{}]
+        params = ", ".join(items[0])
+        program = compile_program("lmprogram_cell", params, cell, filename, scope)
+        return self._run(program, items, opts)
 
-    def _run(self, program: lm.Function, opts: argparse.Namespace) -> Any:
+    def _batch_items(self, var: str) -> list[dict[str, Any]]:
+        """The argument dicts in notebook variable `var`; every one names the same arguments."""
+        if var not in self.shell.user_ns:
+            raise UsageError(f"%%lmprogram --batch: no variable {var!r} in the notebook")
+        items = self.shell.user_ns[var]
+        if not isinstance(items, list | tuple) or not items or \
+                not all(isinstance(i, dict) for i in items):
+            raise UsageError(f"%%lmprogram --batch: {var!r} must be a non-empty list of dicts")
+        names = list(items[0])
+        bad = [i for i, item in enumerate(items) if sorted(item) != sorted(names)]
+        if bad or not all(n.isidentifier() for n in names):
+            raise UsageError(f"%%lmprogram --batch: every dict in {var!r} must have the same "
+                             f"identifier keys as the first ({names}); item {bad[:1]} differs")
+        return [dict(i) for i in items]
+
+    def _run(self, program: lm.Function, items: list[dict[str, Any]],
+             opts: argparse.Namespace) -> Any:
+        """Start one run per item (one item, no arguments, without --batch): each streams on
+        its own threads, so the runtime batches their requests, as `run_batch` does."""
         kwargs: dict[str, Any] = {}
         if opts.temperature is not None:
             kwargs["temperature"] = opts.temperature
         if opts.max_tokens is not None:
             kwargs["max_tokens"] = opts.max_tokens
         backend = lm.get_default_backend()
-        state = program.run(stream=True, backend=backend, **kwargs)
+        states = [program.run(stream=True, backend=backend, **item, **kwargs) for item in items]
         if opts.out:
-            self.shell.user_ns[opts.out] = state
-        view = self._view(opts.view, backend, state)
+            self.shell.user_ns[opts.out] = states if opts.batch else states[0]
+        view = self._view(opts.view, backend, states)
         if view is not None:
             display(view)
         if opts.wait:
-            state._ex.owner.join()  # the body's thread: sync() alone may run ahead of its ops
-            state.sync()  # raises ProgramError (its __cause__ has the cell's frames)
-            if view is not None and hasattr(view, "refresh"):
+            wait_or_cancel(states)
+            if view is not None:
                 view.refresh()
+            for state in states:
+                state.sync()  # raises ProgramError (its __cause__ has the cell's frames)
         return None
 
-    def _view(self, kind: str, backend: Any, state: Any) -> Any:
+    def _view(self, kind: str, backend: Any, states: list[Any]) -> Any:
         if kind == "none":
             return None
-        from lmnb.widgets import Dashboard, TextView
+        from lmnb.widgets import Dashboard, TokenStreamView
 
-        return Dashboard(backend, state=state) if kind == "full" else TextView(state)
+        if kind == "full":
+            return Dashboard(backend, states=states)
+        return TokenStreamView(states)
 
     # ---- %lmnb ----------------------------------------------------------------------------
 
@@ -229,6 +255,24 @@ def runtime_status(backend: Any) -> dict[str, Any]:
                     "prompt tokens cached)",
         "requests": st["num_requests"],
     }
+
+
+def wait_or_cancel(states: list[Any], poll: float = 0.05) -> None:
+    """Wait for the programs; on Ctrl-C (the stop button) cancel them, so their requests are
+    aborted and their KV slots freed while the runtime keeps serving, then re-raise.
+
+    Polls with short sleeps rather than blocking on a lock, so the interrupt lands at once.
+    """
+    try:
+        while not all(state.finished() for state in states):
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        aborted = sum(state.cancel() for state in states)
+        deadline = time.monotonic() + 60
+        while not all(state.finished() for state in states) and time.monotonic() < deadline:
+            time.sleep(poll)
+        print(f"lmnb: cancelled; {aborted} running request(s) aborted, their KV slots freed")
+        raise
 
 
 def format_exception(exc: BaseException) -> str:

@@ -105,14 +105,15 @@ class ProgramState(StateBase):
         return self._ex.meta.get(name)
 
     def sync(self) -> ProgramState:
-        """Wait until every op appended so far (here and in forks) has run; raise on failure."""
-        self._ex.wait_idle(recursive=True)
+        """Wait until every op appended so far (here and in forks) has run; raise on failure.
+        Outside the program's body (a streamed run) it waits for the body to end as well."""
+        self._ex.wait_idle(recursive=True, until_closed=True)
         if (error := self._ex.first_error()) is not None:
             raise error
         return self
 
     def error(self) -> ProgramError | None:
-        self._ex.wait_idle(recursive=True)
+        self._ex.wait_idle(recursive=True, until_closed=True)
         return self._ex.first_error()
 
     def text(self) -> str:
@@ -148,6 +149,15 @@ class ProgramState(StateBase):
 
     def _join(self, children: Sequence[ProgramState], mode: str) -> None:
         self._ex.submit(Join(tuple(c._ex for c in children), mode), call_site())
+
+    def cancel(self) -> int:
+        """Stop the program: abort its running requests (the runtime frees their slots and
+        keeps serving) and fail it with `Cancelled`. Returns how many requests were aborted."""
+        return self._ex.cancel()
+
+    def finished(self) -> bool:
+        """Whether the body has ended and every op has run (never blocks)."""
+        return self._ex.finished()
 
     @property
     def event_log(self) -> EventLog:

@@ -1,8 +1,10 @@
-"""Live views of the runtime: `RadixTreeView`, `CacheStatsView`, `TextView`, `Dashboard`.
+"""Live views: `RadixTreeView`, `CacheStatsView`, `TraceView`, `TokenStreamView`, `TextView`,
+`Dashboard`.
 
 Names load lazily (anywidget and ipywidgets import only when a view is made), so `%load_ext
-lmnb` stays light. Every view takes its data from the runtime's `snapshot()`/`stats()` (or a
-program state's text) and renders statically too (`_repr_html_`), for nbconvert and GitHub.
+lmnb` stays light. Every view takes its data from the runtime's `snapshot()`/`stats()`/
+`events()` or a program state's trace events and token ledger, and renders statically too
+(`_repr_html_`), for nbconvert and GitHub.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ _WHERE = {
     "RadixTreeView": "lmnb.widgets.tree",
     "CacheStatsView": "lmnb.widgets.stats",
     "TextView": "lmnb.widgets.text",
+    "TokenStreamView": "lmnb.widgets.token_stream",
+    "TraceView": "lmnb.widgets.trace",
     "Dashboard": "lmnb.widgets.dashboard",
 }
 

@@ -1,8 +1,10 @@
 """`HtmlView`: the anywidget base every view shares: an `html` trait drawn by the shipped JS.
 
 A subclass computes plain-data traits and the markup from them in `refresh()` (pure, called
-from the poller thread: it only sets traits). `_repr_html_` is that same markup, so a saved
-notebook shows a frozen picture without JavaScript.
+from the poller thread: it only sets traits); `dom_data` becomes `data-*` attributes on the
+live view's element, so a browser test can read the view's counts from the DOM.
+`_repr_html_` is that same markup, so a saved notebook shows a frozen picture without
+JavaScript.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class HtmlView(anywidget.AnyWidget):
     _esm = STATIC / "html_view.js"
     _css = STATIC / "views.css"
     html = traitlets.Unicode("").tag(sync=True)
+    # copied by the JS onto the view's element as data-* attributes (for tests and styling)
+    dom_data = traitlets.Dict({}).tag(sync=True)
 
     def refresh(self) -> None:  # pragma: no cover - every view overrides it
         raise NotImplementedError

@@ -1,7 +1,10 @@
-"""`Dashboard`: what `%%lmprogram` shows by default: the program's text, the radix tree and
-the cache statistics, in one box.
+"""`Dashboard`: what `%%lmprogram` shows by default: the program's token stream, its fork/join
+trace, the radix tree and the cache statistics, in one box.
 
-An ipywidgets `VBox` of the three views; its static repr is their static reprs in order.
+An ipywidgets `VBox` (the token stream and the trace above, the tree and the statistics side by
+side below); its static repr is the views' static reprs in order. With `states` (one program
+or a `--batch` cell's), every view freezes once they are done and the engine is idle; without,
+it shows only the runtime (tree and statistics).
 """
 
 from __future__ import annotations
@@ -13,25 +16,27 @@ import ipywidgets
 from lmnb.widgets.base import with_static_html
 from lmnb.widgets.source import engine_of
 from lmnb.widgets.stats import CacheStatsView
-from lmnb.widgets.text import TextView
+from lmnb.widgets.token_stream import TokenStreamView
+from lmnb.widgets.trace import TraceView
 from lmnb.widgets.tree import RadixTreeView
 
 
 class Dashboard(ipywidgets.VBox):
-    def __init__(self, runtime_or_engine: Any = None, *, state: Any = None, live: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(self, runtime_or_engine: Any = None, *, state: Any = None,
+                 states: Any = None, live: bool = True, **kwargs: Any) -> None:
         engine = engine_of(runtime_or_engine)
-        self.text = TextView(state, live=live) if state is not None else None
-        # with a program, the views freeze once it is done and the engine is idle
-        done = (lambda: self.text.done and engine.idle()) if state is not None else None
+        states = list(states or []) + ([state] if state is not None else [])
+        self.tokens = TokenStreamView(states, live=live) if states else None
+        self.trace = TraceView(states, live=live) if states else None
+        done = (lambda: self.tokens.done and engine.idle()) if states else None
         self.tree = RadixTreeView(engine, live=live, done=done)
         self.stats = CacheStatsView(engine, live=live, done=done)
-        views = [v for v in (self.text, self.tree, self.stats) if v is not None]
-        super().__init__(children=views, **kwargs)
+        top = [v for v in (self.tokens, self.trace) if v is not None]
+        super().__init__(children=[*top, ipywidgets.HBox([self.tree, self.stats])], **kwargs)
 
     @property
     def views(self) -> list[Any]:
-        return list(self.children)
+        return [v for v in (self.tokens, self.trace, self.tree, self.stats) if v is not None]
 
     def refresh(self) -> None:
         for view in self.views:

@@ -1,8 +1,9 @@
 """The radix tree as a picture: pick the busiest paths, lay them out, draw plain SVG.
 
 Pure Python over `Engine.snapshot()` data (nodes with `id`, `parent`, `num_tokens`, `text`,
-`lock`, `last_access`, `num_hits`); the live widget and the static repr draw the same SVG.
-Knows nothing of widgets or the engine.
+`lock`, `last_access`, `num_hits`; a node with `"evicted": True` is a ghost of one just evicted)
+and `marks` (node id -> the latest event on it: hit, split or insert, and its age in seconds);
+the live widget and the static repr draw the same SVG. Knows nothing of widgets or the engine.
 """
 
 from __future__ import annotations
@@ -91,8 +92,19 @@ def short(text: str) -> str:
     return flat if len(flat) <= LABEL_CHARS else flat[: LABEL_CHARS - 1] + "…"
 
 
-def tree_svg(nodes: list[dict[str, Any]], max_nodes: int = 60) -> tuple[str, int]:
-    """(SVG markup, number of hidden nodes) for a snapshot's nodes."""
+MARK_STYLE = {  # event -> (stroke colour, legend)
+    "hit": ("#2471a3", "hit"),
+    "split": ("#b7950b", "split"),
+    "insert": ("#1e8449", "inserted"),
+    "evict": ("#7f8c8d", "evicted"),
+}
+FLASH_SECONDS = 1.5
+
+
+def tree_svg(nodes: list[dict[str, Any]], max_nodes: int = 60,
+             marks: dict[int, tuple[str, float]] | None = None) -> tuple[str, int]:
+    """(SVG markup, number of hidden nodes) for a snapshot's nodes (ghosts included)."""
+    marks = marks or {}
     kept = busiest(nodes, max_nodes)
     pos = layout(nodes, kept)
     rec = recency(nodes)
@@ -100,7 +112,7 @@ def tree_svg(nodes: list[dict[str, Any]], max_nodes: int = 60) -> tuple[str, int
     for n in nodes:
         if n["id"] not in kept and n["parent"] in kept:
             hidden_below[n["parent"]] += 1 + _count_below(nodes, n["id"])
-    num_hidden = len(nodes) - len(kept)
+    num_hidden = sum(1 for n in nodes if n["id"] not in kept and not n.get("evicted"))
     rows = max((r for _, r in pos.values()), default=0) + 1
     cols = max((c for c, _ in pos.values()), default=0) + 1
     width, height = cols * COL_W + 40, rows * ROW_H + 30
@@ -115,7 +127,7 @@ def tree_svg(nodes: list[dict[str, Any]], max_nodes: int = 60) -> tuple[str, int
                          f'x2="{c * COL_W + 4}" y2="{r * ROW_H + 20}" stroke="#999"/>')
     for nid, (c, r) in pos.items():
         parts.append(_node_svg(by_id[nid], c * COL_W + 4, r * ROW_H + 10, rec[nid],
-                               hidden_below[nid]))
+                               hidden_below[nid], marks.get(nid)))
     if num_hidden:
         parts.append(f'<text x="4" y="{height - 6}" fill="#666">{num_hidden} nodes hidden '
                      f'(showing the {len(kept)} busiest)</text>')
@@ -133,16 +145,49 @@ def _count_below(nodes: list[dict[str, Any]], nid: int) -> int:
     return len(kids) + sum(_count_below(nodes, k) for k in kids)
 
 
-def _node_svg(n: dict[str, Any], x: int, y: int, r: float, hidden: int) -> str:
+def _stroke(n: dict[str, Any], mark: tuple[str, float] | None) -> tuple[str, str]:
+    """(extra class, stroke attributes): a fresh event flashes, fading over FLASH_SECONDS."""
+    if n.get("evicted"):
+        return " lmnb-node-evicted", ' stroke="#7f8c8d" stroke-dasharray="4 3" opacity="0.45"'
+    if mark is not None:
+        kind, age = mark
+        fade = max(0.0, 1.0 - age / FLASH_SECONDS)
+        width = 2 + 3 * fade
+        dash = ' stroke-dasharray="5 2"' if kind == "split" else ""
+        return (f" lmnb-flash lmnb-flash-{kind}",
+                f' stroke="{MARK_STYLE[kind][0]}" stroke-width="{width:.1f}"{dash}')
+    if n["lock"]:
+        return " lmnb-node-locked", ' stroke="#c0392b" stroke-width="2.5"'
+    return "", ' stroke="#777"'
+
+
+def _node_svg(n: dict[str, Any], x: int, y: int, r: float, hidden: int,
+              mark: tuple[str, float] | None = None) -> str:
     is_root = n["parent"] is None
     label = "root" if is_root else short(n.get("text", ""))
-    locked = " lmnb-node-locked" if n["lock"] else ""
-    stroke = ' stroke="#c0392b" stroke-width="2.5"' if n["lock"] else ' stroke="#777"'
-    title = (f"{n['num_tokens']} tokens · {n['num_hits']} hits · lock {n['lock']}\n"
+    cls, stroke = _stroke(n, mark)
+    locked = " lmnb-node-locked" if n["lock"] and "locked" not in cls else ""
+    event = f" · {mark[0]} {mark[1]:.1f}s ago" if mark else ""
+    state = "evicted" if n.get("evicted") else f"lock {n['lock']}"
+    title = (f"{n['num_tokens']} tokens · {n['num_hits']} hits · {state}{event}\n"
              f"{n.get('text', '')}")
     more = (f'<text x="{x + _w(n) + 3}" y="{y + 14}" fill="#888">+{hidden}</text>'
             if hidden else "")
-    return (f'<g class="lmnb-node{locked}"><title>{escape(title)}</title>'
+    fill = "#ffffff" if n.get("evicted") else colour(r)
+    deco = ' text-decoration="line-through"' if n.get("evicted") else ""
+    return (f'<g class="lmnb-node{cls}{locked}" data-node-id="{n["id"]}">'
+            f'<title>{escape(title)}</title>'
             f'<rect x="{x}" y="{y}" width="{_w(n)}" height="20" rx="4" '
-            f'fill="{colour(r)}"{stroke}/>'
-            f'<text x="{x + 3}" y="{y + 14}" font-size="11">{escape(label)}</text>{more}</g>')
+            f'fill="{fill}"{stroke}/>'
+            f'<text x="{x + 3}" y="{y + 14}" font-size="11"{deco}>{escape(label)}</text>'
+            f'{more}</g>')
+
+
+def legend_html() -> str:
+    """The tree's key, as inline-styled HTML (shows without the package's CSS too)."""
+    items = [("#c0392b", "locked (in use)")] + [(c, name) for c, name in MARK_STYLE.values()]
+    swatches = "".join(
+        f'<span style="border:2px solid {c};border-radius:3px;padding:0 4px;margin-right:6px">'
+        f"{escape(name)}</span>" for c, name in items)
+    return (f'<div style="margin:2px 0">{swatches}<span style="color:#888">fill: grey old → '
+            "orange recently used</span></div>")

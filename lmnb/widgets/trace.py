@@ -1,0 +1,52 @@
+"""`TraceView`: the fork/join trace of one program run (or a `--batch` cell's runs).
+
+Reads the interpreter's trace events (`state.events()`, never blocking) and draws one lane
+per stream on a time axis: gen/select spans with their variable names and cached / computed /
+generated tokens per call, fork and join edges (`trace_svg`). Traits: `num_lanes`, `lanes`,
+`spans`, `edges`, `done`, `html`. Refreshed by a `Poller` (≤ 5 Hz) until the runs finish;
+then the time axis ends at the last event.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import traitlets
+
+from lmnb.widgets.base import HtmlView
+from lmnb.widgets.poller import Poller
+from lmnb.widgets.trace_svg import legend_html, trace_model, trace_svg
+
+
+class TraceView(HtmlView):
+    num_lanes = traitlets.Int(0).tag(sync=True)
+    lanes = traitlets.List([]).tag(sync=True)
+    spans = traitlets.List([]).tag(sync=True)
+    edges = traitlets.List([]).tag(sync=True)
+    done = traitlets.Bool(False).tag(sync=True)
+
+    def __init__(self, states: Any, *, live: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.states = list(states) if isinstance(states, list | tuple) else [states]
+        self.refresh()
+        self.poller = Poller(self, done=lambda: self.done) if live else None
+
+    def refresh(self) -> None:
+        done = all(s.finished() or s._ex.first_error() is not None for s in self.states)
+        runs = [(s.event_log.t0, [e.to_dict() for e in s.events()]) for s in self.states]
+        now = _last_event_time(runs) if done else time.perf_counter()
+        model = trace_model(runs, now)
+        with self.hold_trait_notifications():
+            self.lanes, self.spans, self.edges = model["lanes"], model["spans"], model["edges"]
+            self.num_lanes = len(model["lanes"])
+            self.done = done
+            self.dom_data = {"num-lanes": self.num_lanes, "num-spans": len(model["spans"])}
+            self.html = (f"<div><b>fork/join trace</b>: {self.num_lanes} streams, "
+                         f"{len(model['spans'])} calls</div>{legend_html()}"
+                         f'<div class="lmnb-trace">{trace_svg(model)}</div>')
+
+
+def _last_event_time(runs: list[tuple[float, list[dict[str, Any]]]]) -> float:
+    return max((t0 + e["time"] for t0, events in runs for e in events),
+               default=min((t0 for t0, _ in runs), default=0.0))
