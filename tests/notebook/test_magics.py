@@ -6,8 +6,11 @@ The magics use the default backend, set here to a `Runtime` around the `engine` 
 
 from __future__ import annotations
 
+import _thread
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from IPython.core.error import UsageError
@@ -16,9 +19,10 @@ from IPython.utils.capture import capture_output
 
 import lmnb as lm
 import lmnb.backend
+from lmnb.interpreter import Cancelled
 from lmnb.magics import LmnbMagics, parse_program_line
 from lmnb.widgets.text import progress
-from tests.conftest import wait_idle
+from tests.conftest import assert_slots_accounted, wait_idle
 
 GREET = 's += user("Say hi in three words")\ns += assistant(gen("a"))\n'
 
@@ -88,7 +92,7 @@ def test_error_in_the_body_points_into_the_cell(ip) -> None:
     assert filename.startswith("<ipython-input") and lineno == 2
 
 
-@pytest.mark.parametrize(("view", "kind"), [("full", "Dashboard"), ("text", "TextView"),
+@pytest.mark.parametrize(("view", "kind"), [("full", "Dashboard"), ("text", "TokenStreamView"),
                                             ("none", None)])
 def test_view_option(ip, view: str, kind: str | None) -> None:
     with capture_output() as out:
@@ -98,7 +102,7 @@ def test_view_option(ip, view: str, kind: str | None) -> None:
         return
     [shown] = out.outputs
     assert kind in shown.data["text/plain"]
-    assert "<pre" in shown.data["text/html"]  # the static picture travels with the widget
+    assert "lmnb-tok-" in shown.data["text/html"]  # the static picture travels with the widget
 
 
 def test_bad_options_are_usage_errors(ip) -> None:
@@ -179,3 +183,95 @@ def test_cell_scope_reaches_notebook_names_and_primitives_from_nested_code() -> 
     assert program.func(None) == ([2, 4, 6], (lm.gen, 3), "lmnb")
     ns["items"] = [5]  # the notebook's names are read live, at call time
     assert program.func(None)[0] == [10]
+
+
+FRUIT = 's += user(f"Describe a {fruit} in {n} words.")\ns += assistant(gen("a"))\n'
+
+
+def test_batch_runs_the_cell_over_argument_dicts(ip) -> None:
+    ip.user_ns["items"] = [{"fruit": f, "n": 3} for f in ("apple", "pear", "plum")]
+    cell(ip, "--batch items --out states --wait --max-tokens 4 --temperature 0 --view none",
+         FRUIT)
+    states = ip.user_ns["states"]
+    assert [type(st) for st in states] == [lm.ProgramState] * 3
+    for st, fruit in zip(states, ("apple", "pear", "plum"), strict=True):
+        assert f"Describe a {fruit} in 3 words." in st.text() and st["a"]
+    # the same program through run_batch gives the same greedy answers
+    ip.user_ns.pop("fruit_prog", None)
+    cell(ip, "fruit_prog(fruit, n)", FRUIT)
+    again = ip.user_ns["fruit_prog"].run_batch(ip.user_ns["items"], temperature=0, max_tokens=4)
+    assert [st["a"] for st in again] == [st["a"] for st in states]
+
+
+def test_batch_without_wait_returns_at_once(ip) -> None:
+    ip.user_ns["few"] = [{"fruit": "fig", "n": 2}, {"fruit": "kiwi", "n": 2}]
+    cell(ip, "--batch few --out bg_states --max-tokens 16 --view none", FRUIT)
+    states = ip.user_ns["bg_states"]
+    assert not all(st.finished() for st in states)
+    assert all(st.sync()["a"] for st in states)
+
+
+def test_batch_needs_a_list_of_dicts_with_the_same_keys(ip) -> None:
+    ip.user_ns["odd"] = [{"fruit": "fig", "n": 1}, {"fruit": "kiwi"}]
+    ip.user_ns["notalist"] = 3
+    for var in ("odd", "notalist", "missing_var"):
+        with pytest.raises(UsageError):
+            cell(ip, f"--batch {var} --view none", FRUIT)
+    with pytest.raises(UsageError):
+        cell(ip, "qa(fruit) --batch odd", FRUIT)
+
+
+LONG_FORK = (
+    's += user("Count slowly.")\n'
+    "forks = s.fork(2)\n"
+    "for f in forks:\n"
+    '    f += assistant(gen("count", max_tokens=160, min_tokens=160))\n'
+    "forks.join()\n"
+    's += "never reached"\n'
+)
+
+
+def _interrupt_once_streaming(ip, name: str, fired: list[bool]) -> None:
+    """Ctrl-C, as the kernel delivers it, once the cell's forks are generating."""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        state = ip.user_ns.get(name)
+        if state is not None and any(c.live_text for c in state._ex.children):
+            fired.append(True)
+            _thread.interrupt_main()
+            return
+        time.sleep(0.02)
+
+
+def test_ctrl_c_on_a_waiting_cell_cancels_its_requests(ip, engine) -> None:
+    wait_idle(engine)
+    ip.user_ns.pop("stopped", None)
+    fired: list[bool] = []
+    timer = threading.Thread(target=_interrupt_once_streaming, args=(ip, "stopped", fired))
+    timer.start()
+    started = time.time()
+    with capture_output() as out, pytest.raises(KeyboardInterrupt):
+        cell(ip, "--out stopped --wait --temperature 0 --view none", LONG_FORK)
+    timer.join()
+    assert fired and time.time() - started < 60
+    assert "cancelled" in out.stdout
+    state = ip.user_ns["stopped"]
+    assert isinstance(state.error().cause, Cancelled)
+    assert state.finished() and "never reached" not in state._ex.text
+    for child in state._ex.children:  # stopped mid-gen: the variable never arrived
+        assert "count" not in child.variables
+    wait_idle(engine)
+    st = engine.stats()
+    assert st["protected_slots"] == st["in_flight_slots"] == 0 and st["num_running"] == 0
+    assert_slots_accounted(engine)
+    # the runtime keeps serving: a plain request and the next cell both run
+    assert engine.generate("The sky is", max_new_tokens=3).result().completion_tokens == 3
+    cell(ip, "--out after --wait --max-tokens 3 --view none", GREET)
+    assert ip.user_ns["after"]["a"]
+
+
+def test_an_error_shows_a_traceback_with_the_cells_line(ip) -> None:
+    with capture_output() as out:
+        ip.run_cell("%%lmprogram --wait --view none\nx = 1\ny = x / 0\n")
+    shown = out.stdout + out.stderr
+    assert "ZeroDivisionError" in shown and "y = x / 0" in shown and "ProgramError" in shown

@@ -73,9 +73,10 @@ def test_text_view_and_dashboard(runtime, engine) -> None:
     text = TextView(state, live=False)
     assert text.done and "List three fruits." in text.text and not text.error
     board = Dashboard(runtime, state=state, live=False)
-    assert [type(v).__name__ for v in board.views] == ["TextView", "RadixTreeView",
-                                                       "CacheStatsView"]
-    assert "<svg" in board._repr_html_() and "<pre" in board._repr_html_()
+    assert [type(v).__name__ for v in board.views] == ["TokenStreamView", "TraceView",
+                                                       "RadixTreeView", "CacheStatsView"]
+    html = board._repr_html_()
+    assert html.count("<svg") == 2 and "lmnb-tok-generated" in html and "hit rate" in html
 
 
 def test_live_views_follow_a_running_program(runtime, engine) -> None:
