@@ -44,7 +44,7 @@ class RadixTreeView(HtmlView):
         self.max_nodes = max_nodes
         self.event_counts = dict.fromkeys(EVENT_KINDS, 0)
         self._seq = self.engine.snapshot()["last_event"]  # show what happens from now on
-        self._marks: dict[int, tuple[str, float]] = {}  # node id -> (event, when)
+        self._marks: dict[int, dict[str, float]] = {}  # node id -> {event: when}
         self._ghosts: dict[int, tuple[dict[str, Any], float]] = {}  # evicted node -> when
         self._known: dict[int, dict[str, Any]] = {}  # the last snapshot's nodes by id
         self.refresh()
@@ -72,7 +72,7 @@ class RadixTreeView(HtmlView):
             if kind in counts:
                 counts[kind] += 1
             for nid in _event_nodes(event):
-                self._marks[nid] = (kind, now)
+                self._marks.setdefault(nid, {})[kind] = now
             if kind == "evict" and event["node"] in self._known:
                 self._ghosts[event["node"]] = (self._known[event["node"]], now)
         self.event_counts = counts
@@ -80,7 +80,9 @@ class RadixTreeView(HtmlView):
         self.recent_events = (list(self.recent_events) + recent)[-NUM_RECENT:]
 
     def _expire(self, now: float) -> None:
-        self._marks = {k: v for k, v in self._marks.items() if now - v[1] < FLASH_SECONDS}
+        fresh = {nid: {k: t for k, t in kinds.items() if now - t < FLASH_SECONDS}
+                 for nid, kinds in self._marks.items()}
+        self._marks = {nid: kinds for nid, kinds in fresh.items() if kinds}
         self._ghosts = {k: v for k, v in self._ghosts.items() if now - v[1] < 2 * FLASH_SECONDS}
 
     def _fading(self) -> bool:
@@ -92,8 +94,10 @@ class RadixTreeView(HtmlView):
         real = [n for n in snap["nodes"] if n["parent"] is not None]
         self._known = {n["id"]: n for n in snap["nodes"]}
         ghosts = self._ghost_nodes(now)
-        marks = {nid: (kind, now - t) for nid, (kind, t) in self._marks.items()
-                 if nid in self._known and kind != "evict"}
+        marks = {nid: sorted(((k, now - t) for k, t in kinds.items() if k != "evict"),
+                             key=lambda m: m[1])
+                 for nid, kinds in self._marks.items() if nid in self._known}
+        marks = {nid: m for nid, m in marks.items() if m}
         svg, hidden = tree_svg(snap["nodes"] + ghosts, self.max_nodes, marks)
         with self.hold_trait_notifications():
             self.num_nodes = len(real)

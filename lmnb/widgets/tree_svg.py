@@ -2,7 +2,8 @@
 
 Pure Python over `Engine.snapshot()` data (nodes with `id`, `parent`, `num_tokens`, `text`,
 `lock`, `last_access`, `num_hits`; a node with `"evicted": True` is a ghost of one just evicted)
-and `marks` (node id -> the latest event on it: hit, split or insert, and its age in seconds);
+and `marks` (node id -> its recent events, hit, split or insert, with their ages in seconds,
+newest first);
 the live widget and the static repr draw the same SVG. Knows nothing of widgets or the engine.
 """
 
@@ -102,7 +103,7 @@ FLASH_SECONDS = 1.5
 
 
 def tree_svg(nodes: list[dict[str, Any]], max_nodes: int = 60,
-             marks: dict[int, tuple[str, float]] | None = None) -> tuple[str, int]:
+             marks: dict[int, list[tuple[str, float]]] | None = None) -> tuple[str, int]:
     """(SVG markup, number of hidden nodes) for a snapshot's nodes (ghosts included)."""
     marks = marks or {}
     kept = busiest(nodes, max_nodes)
@@ -145,16 +146,19 @@ def _count_below(nodes: list[dict[str, Any]], nid: int) -> int:
     return len(kids) + sum(_count_below(nodes, k) for k in kids)
 
 
-def _stroke(n: dict[str, Any], mark: tuple[str, float] | None) -> tuple[str, str]:
-    """(extra class, stroke attributes): a fresh event flashes, fading over FLASH_SECONDS."""
+def _stroke(n: dict[str, Any], marks: list[tuple[str, float]] | None) -> tuple[str, str]:
+    """(extra classes, stroke attributes): fresh events flash, fading over FLASH_SECONDS; the
+    newest one picks the colour, a split dashes the outline."""
     if n.get("evicted"):
         return " lmnb-node-evicted", ' stroke="#7f8c8d" stroke-dasharray="4 3" opacity="0.45"'
-    if mark is not None:
-        kind, age = mark
+    if marks:
+        kind, age = marks[0]
         fade = max(0.0, 1.0 - age / FLASH_SECONDS)
         width = 2 + 3 * fade
-        dash = ' stroke-dasharray="5 2"' if kind == "split" else ""
-        return (f" lmnb-flash lmnb-flash-{kind}",
+        kinds = [k for k, _ in marks]
+        dash = ' stroke-dasharray="5 2"' if "split" in kinds else ""
+        classes = "".join(f" lmnb-flash-{k}" for k in kinds)
+        return (f" lmnb-flash{classes}",
                 f' stroke="{MARK_STYLE[kind][0]}" stroke-width="{width:.1f}"{dash}')
     if n["lock"]:
         return " lmnb-node-locked", ' stroke="#c0392b" stroke-width="2.5"'
@@ -162,12 +166,12 @@ def _stroke(n: dict[str, Any], mark: tuple[str, float] | None) -> tuple[str, str
 
 
 def _node_svg(n: dict[str, Any], x: int, y: int, r: float, hidden: int,
-              mark: tuple[str, float] | None = None) -> str:
+              mark: list[tuple[str, float]] | None = None) -> str:
     is_root = n["parent"] is None
     label = "root" if is_root else short(n.get("text", ""))
     cls, stroke = _stroke(n, mark)
     locked = " lmnb-node-locked" if n["lock"] and "locked" not in cls else ""
-    event = f" · {mark[0]} {mark[1]:.1f}s ago" if mark else ""
+    event = "".join(f" · {kind} {age:.1f}s ago" for kind, age in mark or [])
     state = "evicted" if n.get("evicted") else f"lock {n['lock']}"
     title = (f"{n['num_tokens']} tokens · {n['num_hits']} hits · {state}{event}\n"
              f"{n.get('text', '')}")

@@ -102,7 +102,7 @@ def test_view_option(ip, view: str, kind: str | None) -> None:
         return
     [shown] = out.outputs
     assert kind in shown.data["text/plain"]
-    assert "lmnb-tok-" in shown.data["text/html"]  # the static picture travels with the widget
+    assert "token stream" in shown.data["text/html"]  # the static picture travels along
 
 
 def test_bad_options_are_usage_errors(ip) -> None:

@@ -76,7 +76,7 @@ def test_text_view_and_dashboard(runtime, engine) -> None:
     assert [type(v).__name__ for v in board.views] == ["TokenStreamView", "TraceView",
                                                        "RadixTreeView", "CacheStatsView"]
     html = board._repr_html_()
-    assert html.count("<svg") == 2 and "lmnb-tok-generated" in html and "hit rate" in html
+    assert html.count("<svg") == 2 and "lmnb-tok-computed" in html and "hit rate" in html
 
 
 def test_live_views_follow_a_running_program(runtime, engine) -> None:
