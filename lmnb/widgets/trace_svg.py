@@ -131,9 +131,10 @@ def _axis(t_max: float, x: Any, height: int) -> list[str]:
 def _span_svg(span: dict[str, Any], x: Any, y: Any) -> str:
     x0, x1, top = x(span["t0"]), x(span["t1"]), y(span["lane"]) + 6
     width = max(x1 - x0, 3.0)
-    if span["op"] in ("fork", "join"):
-        return (f'<g class="lmnb-span-{span["op"]}"><title>{span["op"]}</title><rect x="{x0:.1f}" '
-                f'y="{top + 4}" width="{width:.1f}" height="12" fill="#d2b4de"/></g>')
+    if span["op"] in ("fork", "join"):  # a join waits for the children: a thin bar
+        what = "join (waiting for the forks)" if span["op"] == "join" else "fork (prefix commit)"
+        return (f'<g class="lmnb-span-{span["op"]}"><title>{what}</title><rect x="{x0:.1f}" '
+                f'y="{top + 8}" width="{width:.1f}" height="4" fill="#d2b4de"/></g>')
     label = f'{span["op"]} {span["name"] or ""}'.strip()
     counts = _counts_text(span)
     fill = "#fef9e7" if span["running"] else "#fdfefe"
