@@ -242,10 +242,13 @@ def machine_info(**extra: Any) -> dict[str, Any]:
     return info
 
 
-def write_json(name: str, data: dict[str, Any], rows: Sequence[Row] = ()) -> Path:
-    """Writes `benchmarks/results/<name>.json` (with the rows, if any); returns its path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def write_json(name: str, data: dict[str, Any], rows: Sequence[Row] = (),
+               directory: Path | None = None) -> Path:
+    """Writes `<directory>/<name>.json` (default `benchmarks/results/`, with the rows, if
+    any); returns its path."""
+    directory = directory or RESULTS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
     payload = dict(data)
     if rows:
         payload["rows"] = [asdict(r) for r in rows]

@@ -1,0 +1,67 @@
+"""`lmnb bench --quick` end to end on a few workloads: the JSON's structure, the PNG, and that
+greedy outputs agree across the three systems. Behaviour only, never timings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmnb import cli
+
+ONLY = ("mmlu", "tree_of_thought", "multi_turn_short", "json_decode")
+SYSTEMS = ("lmnb", "lmnb-nocache", "transformers")
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench")
+    code = cli.main(["bench", "--quick", "--only", ",".join(ONLY), "--name", "quick",
+                     "--results-dir", str(out)])
+    assert code == 0
+    assert (out / "quick.png").stat().st_size > 1000
+    return json.loads((out / "quick.json").read_text())
+
+
+def test_every_workload_ran_on_every_system(result: dict) -> None:
+    assert set(result["workloads"]) == set(ONLY)
+    assert result["quick"] is True
+    for name, w in result["workloads"].items():
+        assert set(w["systems"]) == set(SYSTEMS), name
+        for system, run in w["systems"].items():
+            assert run["num_errors"] == 0, (name, system)
+            assert run["num_programs"] >= 1 and run["seconds"] > 0
+            assert run["prompt_tokens"] > 0 and run["num_requests"] > 0
+        assert w["systems"]["transformers"]["num_programs"] == result["hf_sample"]
+
+
+def test_hit_rates_are_consistent(result: dict) -> None:
+    for name, w in result["workloads"].items():
+        lm_run, nocache = w["systems"]["lmnb"], w["systems"]["lmnb-nocache"]
+        assert nocache["stats"]["cached_tokens"] == 0, name
+        assert 0 < w["optimal_hit_rate"] < 1, name
+        assert 0 < lm_run["hit_rate"] <= w["optimal_hit_rate"] + 1e-9, name
+        # the same requests reached both engines
+        assert lm_run["stats"]["prompt_tokens"] == nocache["stats"]["prompt_tokens"], name
+        assert w["token_bound_vs_nocache"] >= 1.0
+
+
+def test_greedy_outputs_agree_across_systems(result: dict) -> None:
+    for name, w in result["workloads"].items():
+        assert w["agreement"] == {"lmnb-nocache": 1.0, "transformers": 1.0}, name
+
+
+def test_targets_are_reported(result: dict) -> None:
+    rows = {(r["workload"], r["baseline_name"]) for r in result["rows"]}
+    for name in ONLY:
+        assert {(name, "lmnb-nocache"), (name, "transformers"), (name, "optimal")} <= rows
+
+
+def test_unknown_workload_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--only", "nope", "--no-transformers"])
+
+
+def test_cli_needs_a_command() -> None:
+    with pytest.raises(SystemExit):
+        cli.main([])
