@@ -160,12 +160,12 @@ class LmnbMagics(Magics):
         if opts.out:
             self.shell.user_ns[opts.out] = states if opts.batch else states[0]
         view = self._view(opts.view, backend, states)
-        if view is not None:
-            display(view)
+        shown = display(view, display_id=True) if view is not None else None
         if opts.wait:
             wait_or_cancel(states)
             if view is not None:
                 view.refresh()
+                shown.update(view)  # the saved output's static picture is the final one
             for state in states:
                 state.sync()  # raises ProgramError (its __cause__ has the cell's frames)
         return None

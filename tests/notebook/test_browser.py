@@ -11,6 +11,7 @@ it is also copied to `docs/dashboard.png` for the README.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -179,8 +180,7 @@ def test_the_tree_view_renders_and_grows_in_a_real_browser(lab) -> None:
                 state="attached", timeout=180_000)
             time.sleep(2.5)  # the last refreshes land
             seen.append(int(tree.get_attribute("data-num-nodes")))
-            for button in page.get_by_role("button", name="No", exact=True).all():
-                button.click()  # JupyterLab's "get news?" toast, if it shows
+            _dismiss_news_toast(page)
             page.screenshot(path=str(ARTIFACTS / "lab.png"), full_page=True)
             page.locator(".jp-Notebook .jp-Cell").nth(1).screenshot(path=str(shot))
         finally:
@@ -191,6 +191,15 @@ def test_the_tree_view_renders_and_grows_in_a_real_browser(lab) -> None:
     assert seen[0] < seen[-1], seen  # it grew while the program ran
     assert len(set(seen)) >= 3, seen  # and not in one jump: several live updates
     assert shot.stat().st_size > 10_000
+
+
+def _dismiss_news_toast(page) -> None:
+    """JupyterLab's "get news?" toast covers a corner of the page; close it if it shows."""
+    from playwright.sync_api import Error
+
+    for button in page.get_by_role("button", name="No", exact=True).all():
+        with contextlib.suppress(Error):  # it may go away by itself
+            button.click(timeout=2000)
 
 
 def _watch_node_counts(page, timeout: float = 180) -> list[int]:

@@ -100,9 +100,10 @@ def test_view_option(ip, view: str, kind: str | None) -> None:
     if kind is None:
         assert not out.outputs
         return
-    [shown] = out.outputs
-    assert kind in shown.data["text/plain"]
-    assert "token stream" in shown.data["text/html"]  # the static picture travels along
+    first, final = out.outputs  # shown at once, then updated once the program is done
+    assert kind in first.data["text/plain"] and kind in final.data["text/plain"]
+    assert "token stream" in first.data["text/html"]  # the static picture travels along
+    assert "lmnb-tok-generated" in final.data["text/html"]  # and ends as the final one
 
 
 def test_bad_options_are_usage_errors(ip) -> None:
