@@ -17,11 +17,10 @@ class ForwardBatch:
     input_ids: torch.Tensor  # [num_tokens] int64
     positions: torch.Tensor  # [num_tokens] int64
     out_slots: torch.Tensor  # [num_tokens] int64: where each token's k/v is written
-    rows: torch.Tensor  # [batch] int64: req_to_token rows
+    rows: list[int]  # per request: its req_to_token row
     seq_lens: list[int]  # per request: tokens in the KV after this step
     extend_lens: list[int]  # per request: new tokens in this step (1 when decoding)
     logit_index: torch.Tensor  # [num_logits] int64: flattened positions whose logits are needed
-    max_seq_len: int
 
     @classmethod
     def build(
@@ -53,9 +52,8 @@ class ForwardBatch:
             input_ids=t(ids),
             positions=t(pos),
             out_slots=t(slots),
-            rows=t(rows),
+            rows=list(rows),
             seq_lens=seq_lens,
             extend_lens=[len(x) for x in new_ids],
             logit_index=t(logit_index),
-            max_seq_len=max(seq_lens) if seq_lens else 0,
         )

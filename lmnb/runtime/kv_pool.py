@@ -29,6 +29,8 @@ class KVPool:
         self.device = device
         # LIFO free list of usable slots (1..num_slots-1).
         self._free: list[int] = list(range(num_slots - 1, 0, -1))
+        self._is_free = bytearray(b"\x01") * num_slots  # 1 where a slot is on the free list
+        self._is_free[0] = 0
 
     @property
     def capacity(self) -> int:
@@ -49,9 +51,18 @@ class KVPool:
             return []
         taken = self._free[-n:]
         del self._free[-n:]
+        for slot in taken:
+            self._is_free[slot] = 0
         return taken
 
     def free(self, slots: list[int]) -> None:
+        """Return slots to the free list; a slot freed twice (or slot 0) is a bookkeeping bug
+        that would hand one slot to two requests, so it raises before anything changes."""
+        for slot in slots:
+            if not 0 < slot < self.num_slots or self._is_free[slot]:
+                raise RuntimeError(f"KV slot {slot} freed twice or out of range")
+        for slot in slots:
+            self._is_free[slot] = 1
         self._free.extend(slots)
 
     def free_slots(self) -> list[int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lmnb.runtime.attention import decode_attention, extend_attention
+from lmnb.runtime.attention import AttentionPlan, attention
 from lmnb.runtime.batch import ForwardBatch
 from lmnb.runtime.config import ModelConfig
 from lmnb.runtime.kv_pool import KVPool
@@ -64,17 +64,19 @@ class LlamaModel:
         cfg = self.cfg
         h = self.embed[batch.input_ids]  # [num_tokens, hidden]
         n = h.shape[0]
-        attend = decode_attention if batch.is_decode else extend_attention
+        heads, kv_heads, dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        cos, sin = self.rope.at(batch.positions)  # once for every layer
+        plan = AttentionPlan.build(batch, table)
         for i, layer in enumerate(self.layers):
             x = self.rms_norm(h, layer.input_norm)
             qkv = F.linear(x, layer.qkv, layer.qkv_bias)  # [n, q_size + 2 * kv_size]
-            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-            q = q.reshape(n, cfg.num_heads, cfg.head_dim)
-            k = k.reshape(n, cfg.num_kv_heads, cfg.head_dim)
-            v = v.reshape(n, cfg.num_kv_heads, cfg.head_dim)
-            self.rope.apply(q, k, batch.positions)
+            qk = qkv[:, : self.q_size + self.kv_size].view(n, heads + kv_heads, dim)
+            self.rope.rotate(qk, cos, sin)  # q and k together, in place
+            q = qk[:, :heads]  # [n, heads, dim]
+            k = qk[:, heads:]  # [n, kv_heads, dim]
+            v = qkv[:, self.q_size + self.kv_size :].view(n, kv_heads, dim)
             pool.write(i, batch.out_slots, k, v)
-            o = attend(q, pool.k[i], pool.v[i], table, batch, self.scale)
+            o = attention(q, k, v, pool.k[i], pool.v[i], table, plan, self.scale)
             h = h + F.linear(o.reshape(n, self.q_size), layer.o)
             x = self.rms_norm(h, layer.post_norm)
             gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)

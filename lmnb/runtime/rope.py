@@ -68,24 +68,26 @@ def _yarn(cfg: ModelConfig, s: dict) -> tuple[torch.Tensor, float]:
 
 
 class RotaryTable:
-    """cos/sin for every position up to max_position, in the model dtype."""
+    """cos/sin for every position up to max_position, in the model dtype (half a head wide:
+    both halves of a head rotate by the same angles)."""
 
     def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
         inv, scale = inv_freq_and_scale(cfg)
         pos = torch.arange(cfg.max_position, dtype=torch.float32)
         freqs = torch.outer(pos, inv)  # [max_position, head_dim // 2]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.cos = (emb.cos() * scale).to(dtype=dtype, device=device)  # [max_position, head_dim]
-        self.sin = (emb.sin() * scale).to(dtype=dtype, device=device)
+        self.cos = (freqs.cos() * scale).to(dtype=dtype, device=device)
+        self.sin = (freqs.sin() * scale).to(dtype=dtype, device=device)
 
-    def apply(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> None:
-        """Rotate q [n, heads, dim] and k [n, kv_heads, dim] in place."""
-        cos = self.cos[positions].unsqueeze(1)  # [n, 1, dim]
-        sin = self.sin[positions].unsqueeze(1)
-        for x in (q, k):
-            x.copy_(x * cos + _rotate_half(x) * sin)
+    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [n, 1, head_dim // 2] for positions [n]."""
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        """Rotate x [n, heads, head_dim] in place (the halves convention: (x1, x2) ->
+        (x1 cos - x2 sin, x2 cos + x1 sin))."""
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        rotated1 = x1 * cos - x2 * sin
+        x2.mul_(cos).addcmul_(x1, sin)
+        x1.copy_(rotated1)

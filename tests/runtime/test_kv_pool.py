@@ -1,0 +1,33 @@
+"""KVPool: allocation is all-or-nothing, slot 0 is never handed out, double frees raise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmnb.runtime.kv_pool import KVPool
+
+
+def make_pool(num_slots: int = 8) -> KVPool:
+    return KVPool(2, num_slots, 1, 4, torch.float32, torch.device("cpu"))
+
+
+def test_alloc_is_all_or_nothing_and_skips_the_sink() -> None:
+    pool = make_pool()
+    taken = pool.alloc(7)
+    assert sorted(taken) == list(range(1, 8))
+    assert pool.alloc(1) is None
+    pool.free(taken[:3])
+    assert pool.alloc(4) is None and pool.num_free == 3
+
+
+def test_double_free_and_bad_slots_raise_without_changing_anything() -> None:
+    pool = make_pool()
+    taken = pool.alloc(3)
+    pool.free(taken[:1])
+    for bad in ([taken[0]], [taken[1], taken[0]], [0], [8]):
+        with pytest.raises(RuntimeError, match="freed twice or out of range"):
+            pool.free(bad)
+    assert pool.num_free == 5
+    pool.free(taken[1:])
+    assert sorted(pool.free_slots()) == list(range(1, 8))
