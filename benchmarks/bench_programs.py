@@ -297,7 +297,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     p.add_argument("--only", help=f"comma-separated workloads out of {', '.join(wl.NAMES)}")
     p.add_argument("--hf-sample", type=int, default=None,
-                   help="programs per workload timed on transformers (default 2, quick 1)")
+                   help="programs per workload timed on transformers (default 1)")
     p.add_argument("--no-transformers", action="store_true", help="skip the transformers run")
     p.add_argument("--name", help="results file name (default programs / programs_quick)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -311,7 +311,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     sizes = wl.QUICK if args.quick else wl.FULL
-    hf_sample = args.hf_sample if args.hf_sample is not None else (1 if args.quick else 2)
+    hf_sample = args.hf_sample if args.hf_sample is not None else 1
     name = args.name or ("programs_quick" if args.quick else "programs")
     selected = wl.build(parse_only(args.only, wl.NAMES), sizes)
     log(f"loading the systems (quick={args.quick})")
@@ -332,7 +332,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def report_data(results: list[WorkloadResult], systems: Systems, sizes: wl.Sizes,
                 hf_sample: int, quick: bool) -> dict[str, Any]:
-    machine = machine_info(dtype=systems.dtype, model=systems.lmnb.engine.model_name)
+    machine = machine_info(dtype=systems.dtype, model=systems.lmnb.engine.model_name,
+                           **source_state())
     return {
         "benchmark": "programs", "quick": quick, "machine": machine,
         "sizes": asdict(sizes), "hf_sample": hf_sample,
@@ -352,6 +353,25 @@ def report_data(results: list[WorkloadResult], systems: Systems, sizes: wl.Sizes
         },
         "workloads": {r.name: r.as_dict() for r in results},
     }
+
+
+def source_state() -> dict[str, Any]:
+    """The commit measured, and the lmnb files that differed from it (others edit the same
+    working tree while benchmarks run)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "lmnb").splitlines()]
+    return {"git_commit": git("rev-parse", "--short", "HEAD").strip(),
+            "uncommitted_lmnb_files": dirty}
 
 
 def report(results: list[WorkloadResult], data: dict[str, Any], name: str,

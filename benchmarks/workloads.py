@@ -47,9 +47,11 @@ class Sizes:
     json_programs: int = 6
     chat_programs: int = 3
     chat_turns: int = 4
-    chat_sentences: tuple[int, int] = (10, 20)  # a user message: ~130-260 tokens
+    # the paper: messages of 256-512 tokens, replies of 4-8 (short) or 256-512 (long) tokens;
+    # scaled here to ~65-130-token messages and 24-40-token long replies
+    chat_sentences: tuple[int, int] = (5, 10)
     chat_short_tokens: tuple[int, int] = (4, 8)  # a reply, exactly this many tokens
-    chat_long_tokens: tuple[int, int] = (32, 48)
+    chat_long_tokens: tuple[int, int] = (24, 40)
     rag_programs: int = 4
     rag_docs: int = 12
     rag_top_k: int = 3
