@@ -27,7 +27,7 @@ lab: model
 	$(VENV)/bin/jupyter lab tutorials/ $(LAB_ARGS)
 
 test: model
-	$(PY) -m pytest -q tests notebooks --nbval-lax $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests notebooks tutorials --nbval-lax $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
