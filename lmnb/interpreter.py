@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmnb import calls
+from lmnb.control import Cancelled, RunControl, TrackedBackend
 from lmnb.errors import MissingVariableError, ProgramError, RoleError, Site, call_site
 from lmnb.events import EventLog, ModelCall, Segment, StreamRecorder, TokenLedger
 from lmnb.ir import (
@@ -39,54 +40,6 @@ from lmnb.ir import (
 )
 
 JOIN_MODES = ("gather_variable", "concate_and_append")
-
-
-class Cancelled(Exception):
-    """The program was cancelled (`StreamExecutor.cancel`, Ctrl-C on a waiting cell)."""
-
-
-class RunControl:
-    """What one run (a root state and its forks) shares: its in-flight requests and whether it
-    was cancelled. Cancelling aborts every request not yet finished (the runtime frees their
-    slots) and makes every later model call raise `Cancelled`."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._handles: list[Any] = []
-        self.cancelled = False
-
-    def track(self, handle: Any) -> Any:
-        with self._lock:
-            self._handles = [h for h in self._handles if not h.done()] + [handle]
-            cancelled = self.cancelled
-        if cancelled:
-            handle.cancel()
-        return handle
-
-    def cancel(self) -> int:
-        """Abort the run's unfinished requests; returns how many were still running."""
-        with self._lock:
-            self.cancelled = True
-            live = [h for h in self._handles if not h.done()]
-        for handle in live:
-            handle.cancel()
-        return len(live)
-
-
-class TrackedBackend:
-    """A backend whose requests a `RunControl` can cancel; everything else passes through."""
-
-    def __init__(self, backend: Any, control: RunControl) -> None:
-        self.inner = backend
-        self.control = control
-
-    def generate(self, prompt: list[int], params: Any) -> Any:
-        if self.control.cancelled:
-            raise Cancelled("the program was cancelled")
-        return self.control.track(self.inner.generate(prompt, params))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 @dataclass(frozen=True)
@@ -374,7 +327,7 @@ class StreamExecutor:
         if self.control.cancelled:
             raise Cancelled("the program was cancelled")
         self._record_call(len(prefix), piece.counts.get("cached_tokens", 0), "gen")
-        forced = forced_offsets(self.backend, params, piece) if piece.meta["forced_tokens"] else ()
+        forced = tuple(i for i in piece.meta.get("forced_positions") or () if i < len(piece.ids))
         self._append(piece.text, piece.ids, streamed=True, kind="gen", forced=forced)
         self._finish(node.name, "gen", piece)
 
@@ -466,31 +419,3 @@ class StreamExecutor:
             values = [c.variables.get(name) for c in children]
             metas = [c.meta.get(name) for c in children]
             self.set_var(name, values, metas if any(m is not None for m in metas) else None)
-
-
-def forced_offsets(backend: Any, params: Any, piece: calls.Piece) -> tuple[int, ...]:
-    """Offsets of the jump-forward tokens in a gen's ids, found by replaying the ids through
-    the same grammar the runtime used (forced at the start and after every sampled token).
-    Empty when the runtime's grammar compiler cannot be reached or the replay disagrees."""
-    compiler = getattr(getattr(backend, "engine", None), "_grammar", None)
-    compiled = compiler.compile(params) if compiler is not None else None
-    if compiled is None:
-        return ()
-    state, ids, pos, out = compiled.new_state(), piece.ids, 0, []
-    try:
-        pos = _replay_forced(state, ids, pos, params.max_new_tokens - 1, out)
-        while pos < len(ids):
-            state.accept(ids[pos])
-            pos = _replay_forced(state, ids, pos + 1, params.max_new_tokens - pos - 1, out)
-    except ValueError:
-        return ()
-    return tuple(out)
-
-
-def _replay_forced(state: Any, ids: list[int], pos: int, room: int, out: list[int]) -> int:
-    forced = state.forced_ids()[: max(room, 0)]
-    if not forced or ids[pos : pos + len(forced)] != forced:
-        return pos
-    state.accept_forced(forced)
-    out.extend(range(pos, pos + len(forced)))
-    return pos + len(forced)

@@ -33,6 +33,7 @@ class GenerateResult:
     prompt_logprobs: list[float] | None = None
     output_logprobs: list[float] | None = None
     forced_tokens: int = 0
+    forced_positions: list[int] = field(default_factory=list)  # output_ids offsets forced
     jump_forward_steps: int = 0
     decode_steps: int = 0
     matched_stop: str | int | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lmnb.runtime.attention import AttentionPlan, attention
+from lmnb.runtime.attention import AttentionPlan, Workspace, attention
 from lmnb.runtime.batch import ForwardBatch
 from lmnb.runtime.config import ModelConfig
 from lmnb.runtime.kv_pool import KVPool
@@ -51,6 +51,7 @@ class LlamaModel:
         self.scale = cfg.head_dim**-0.5
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
+        self.workspace = Workspace()  # gather buffers reused across layers and steps
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # computed in fp32 like the reference implementation, then cast back
@@ -76,10 +77,13 @@ class LlamaModel:
             k = qk[:, heads:]  # [n, kv_heads, dim]
             v = qkv[:, self.q_size + self.kv_size :].view(n, kv_heads, dim)
             pool.write(i, batch.out_slots, k, v)
-            o = attention(q, k, v, pool.k[i], pool.v[i], table, plan, self.scale)
+            o = attention(q, k, v, pool.k[i], pool.v[i], table, plan, self.scale,
+                          self.workspace)
             h = h + F.linear(o.reshape(n, self.q_size), layer.o)
             x = self.rms_norm(h, layer.post_norm)
             gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
             h = h + F.linear(F.silu(gate) * up, layer.down)
         h = self.rms_norm(h[batch.logit_index], self.norm)
-        return F.linear(h, self.lm_head).float()
+        # vocab-major product: with a few dozen rows it runs ~1.3x faster on the CPU than
+        # h @ lm_head.T (the vocab x hidden weight streams through once either way)
+        return torch.mm(self.lm_head, h.t()).t().contiguous().float()

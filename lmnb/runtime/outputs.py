@@ -157,6 +157,8 @@ class OutputProcessor:
         forced = req.grammar.forced_ids()[: max(room, 0)]
         if forced:
             req.grammar.accept_forced(forced)
+            start = len(req.output_ids)
+            req.forced_positions.extend(range(start, start + len(forced)))
             req.output_ids.extend(forced)
             req.forced_tokens += len(forced)
             req.jump_forward_steps += 1
@@ -193,6 +195,7 @@ class OutputProcessor:
             prompt_logprobs=list(req.prompt_logprobs) if req.wants_prompt_logprobs else None,
             output_logprobs=list(req.output_logprobs) if p.return_logprobs else None,
             forced_tokens=req.forced_tokens,
+            forced_positions=[i for i in req.forced_positions if i < len(req.output_ids)],
             jump_forward_steps=req.jump_forward_steps,
             decode_steps=req.decode_steps,
             matched_stop=req.matched_stop,

@@ -35,6 +35,7 @@ class Req:
     output_logprobs: list[float] = field(default_factory=list)
     forced_ids: list[int] = field(default_factory=list)  # jump-forward tokens to extend next
     forced_tokens: int = 0
+    forced_positions: list[int] = field(default_factory=list)  # offsets in output_ids
     jump_forward_steps: int = 0
     decode_steps: int = 0
     num_streamed_ids: int = 0

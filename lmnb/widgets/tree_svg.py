@@ -38,13 +38,23 @@ def children_of(nodes: list[dict[str, Any]]) -> dict[int | None, list[dict[str, 
     return out
 
 
-def busiest(nodes: list[dict[str, Any]], max_nodes: int) -> set[int]:
-    """Ids of at most `max_nodes` nodes, grown from the root along the heaviest children
-    (tokens below a node, weighted by its hits), so what is kept is always a connected tree."""
+def busiest(nodes: list[dict[str, Any]], max_nodes: int,
+            must: set[int] | None = None) -> set[int]:
+    """Ids of about `max_nodes` nodes: first `must` and their ancestors (what is flashing right
+    now), then grown from there along the heaviest children (tokens below a node, weighted by
+    its hits), so what is kept is always a connected tree."""
     children = children_of(nodes)
+    parent = {n["id"]: n["parent"] for n in nodes}
     weight = subtree_tokens(nodes)
     kept: set[int] = set()
-    heap = [(0, 0, n["id"]) for n in children.get(None, [])]
+    for nid in must or ():
+        while nid is not None and nid in parent and nid not in kept:
+            kept.add(nid)
+            nid = parent[nid]
+    heap = [(0, 0, n["id"]) for n in children.get(None, []) if n["id"] not in kept]
+    heap += [(-weight[c["id"]] * (1 + c["num_hits"]), c["id"], c["id"])
+             for nid in kept for c in children.get(nid, []) if c["id"] not in kept]
+    heapq.heapify(heap)
     while heap and len(kept) < max_nodes:
         _, _, nid = heapq.heappop(heap)
         kept.add(nid)
@@ -106,7 +116,7 @@ def tree_svg(nodes: list[dict[str, Any]], max_nodes: int = 60,
              marks: dict[int, list[tuple[str, float]]] | None = None) -> tuple[str, int]:
     """(SVG markup, number of hidden nodes) for a snapshot's nodes (ghosts included)."""
     marks = marks or {}
-    kept = busiest(nodes, max_nodes)
+    kept = busiest(nodes, max_nodes, set(marks))
     pos = layout(nodes, kept)
     rec = recency(nodes)
     hidden_below = {nid: 0 for nid in kept}
@@ -131,7 +141,7 @@ def tree_svg(nodes: list[dict[str, Any]], max_nodes: int = 60,
                                hidden_below[nid], marks.get(nid)))
     if num_hidden:
         parts.append(f'<text x="4" y="{height - 6}" fill="#666">{num_hidden} nodes hidden '
-                     f'(showing the {len(kept)} busiest)</text>')
+                     f'(showing the {len(kept)} busiest and active)</text>')
     parts.append("</svg>")
     return "".join(parts), num_hidden
 

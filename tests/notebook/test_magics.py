@@ -19,7 +19,7 @@ from IPython.utils.capture import capture_output
 
 import lmnb as lm
 import lmnb.backend
-from lmnb.interpreter import Cancelled
+from lmnb.control import Cancelled
 from lmnb.magics import LmnbMagics, parse_program_line
 from lmnb.widgets.text import progress
 from tests.conftest import assert_slots_accounted, wait_idle

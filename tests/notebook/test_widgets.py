@@ -136,6 +136,8 @@ def test_tree_layout_keeps_a_connected_busiest_tree() -> None:
     assert hidden == 2 and "2 nodes hidden" in svg
     assert svg.count("lmnb-node-locked") == 1
     assert "a long node text a long node text" in svg  # full text on hover (<title>)
+    assert busiest(nodes, 4, must={4}) == {0, 1, 4, 3}  # a flashing node and its path first
+    assert 4 in busiest(nodes, 2, must={4})  # even past the budget
 
 
 def test_assets_ship_in_the_package_and_load_nothing_from_the_network() -> None:

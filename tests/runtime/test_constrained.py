@@ -159,6 +159,9 @@ def test_greedy_jump_forward_equals_plain_decoding(engine: Engine) -> None:
         jsonschema.validate(json.loads(on.text), CHARACTER_SCHEMA)
         assert on.forced_tokens > 0 and on.jump_forward_steps > 0
         assert off.forced_tokens == 0 and off.jump_forward_steps == 0
+        assert len(on.forced_positions) == on.forced_tokens and not off.forced_positions
+        assert on.forced_positions == sorted(set(on.forced_positions))
+        assert on.forced_positions[-1] < on.completion_tokens
         assert on.decode_steps < off.decode_steps
         assert on.decode_steps + on.forced_tokens == off.decode_steps
     wait_idle(engine)
