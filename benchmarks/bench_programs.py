@@ -45,7 +45,7 @@ TARGET_VS_NOCACHE = 3.0
 TARGET_VS_HF = 5.0
 TARGET_HIT_FRACTION = 0.95  # achieved hit rate >= 95% of the optimal one
 STAT_KEYS = ("prompt_tokens", "cached_tokens", "computed_tokens", "generated_tokens",
-             "extend_steps", "decode_steps")
+             "extend_steps", "decode_steps", "busy_seconds")
 
 
 # ---- one system on one workload -------------------------------------------------------------

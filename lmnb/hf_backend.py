@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -40,6 +41,7 @@ class HFStats:
     generated_tokens: int = 0
     extend_steps: int = 0
     decode_steps: int = 0
+    busy_seconds: float = 0.0  # time spent running requests
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.__dict__)
@@ -136,7 +138,10 @@ class HFRuntime:
             raise ValueError(f"the prompt has {len(ids)} tokens, longer than the context")
         grammar = self._grammar_state(params)
         with self._lock:
-            return DoneHandle(self._run(ids, params, grammar))
+            started = time.perf_counter()
+            result = self._run(ids, params, grammar)
+            self.stats_.busy_seconds += time.perf_counter() - started
+        return DoneHandle(result)
 
     def flush_cache(self) -> bool:
         return True  # nothing is ever kept between requests
