@@ -13,6 +13,7 @@ import itertools
 import queue
 import threading
 import time
+from types import EllipsisType
 from typing import Any
 
 import torch
@@ -121,9 +122,15 @@ class Engine:
         with self._lock:
             return self.cache.flush()
 
-    def set_policy(self, policy: str) -> None:
+    def set_policy(self, policy: str, aging_steps: int | None | EllipsisType = ...) -> None:
+        """Change the admission order at run time; and `aging_steps` when given (None turns
+        aging off)."""
+        if aging_steps is not ... and aging_steps is not None and aging_steps < 0:
+            raise ValueError(f"aging_steps must be >= 0 or None, got {aging_steps}")
         with self._lock:
             self.scheduler.set_policy(policy)
+            if aging_steps is not ...:
+                self.scheduler.aging_steps = aging_steps
 
     @property
     def policy(self) -> str:

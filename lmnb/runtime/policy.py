@@ -47,7 +47,7 @@ def _dfs_weight(reqs: list[Req], cache: RadixCache) -> list[Req]:
     at_node: dict[int, list[Req]] = defaultdict(list)
     weight: dict[int, int] = defaultdict(int)
     for r in sorted(reqs, key=_arrival):
-        node = _deepest_full_match(cache, r.all_ids)
+        node = _match_node(cache, r.all_ids)
         at_node[node.id].append(r)
         while node is not None:
             weight[node.id] += 1
@@ -63,11 +63,26 @@ def _dfs_weight(reqs: list[Req], cache: RadixCache) -> list[Req]:
     return out
 
 
-def _deepest_full_match(cache: RadixCache, ids: list[int]) -> Node:
+def _match_node(cache: RadixCache, ids: list[int]) -> Node:
+    """The node where ids' cached prefix ends: the last node matched whole, or the node the
+    match ends inside (a few-shot prefix usually ends inside a cached prompt's node; requests
+    that share it must group there, not at the root). No split, no LRU touch."""
     node, i = cache.root, 0
     while i < len(ids):
         child = node.children.get(ids[i])
-        if child is None or ids[i : i + len(child.key)] != child.key:
+        if child is None:
             break
-        node, i = child, i + len(child.key)
+        n = _common_len(child.key, ids, i)
+        node, i = child, i + n
+        if n < len(child.key):
+            break
     return node
+
+
+def _common_len(key: list[int], ids: list[int], start: int) -> int:
+    n = 0
+    for a, b in zip(key, ids[start : start + len(key)]):
+        if a != b:
+            break
+        n += 1
+    return n

@@ -199,6 +199,15 @@ def test_policies_switch_at_run_time(engine) -> None:
     assert outs[0] == outs[1] == outs[2]
     with pytest.raises(ValueError, match="unknown scheduling policy"):
         engine.set_policy("random")
+    aging = engine.scheduler.aging_steps
+    engine.set_policy("lpm", aging_steps=None)
+    assert engine.scheduler.aging_steps is None
+    engine.set_policy("lpm", aging_steps=aging)
+    engine.set_policy("fcfs")  # aging kept
+    assert engine.scheduler.aging_steps == aging
+    with pytest.raises(ValueError, match="aging_steps"):
+        engine.set_policy("lpm", aging_steps=-1)
+    engine.set_policy("lpm")
 
 
 def test_snapshot_and_events(engine) -> None:

@@ -49,6 +49,21 @@ def test_dfs_weight_groups_requests_of_the_heaviest_subtree(cache) -> None:
     assert sorted(got) == [0, 1, 2, 3, 4]
 
 
+def test_dfs_weight_groups_requests_whose_match_ends_inside_a_node() -> None:
+    pool = KVPool(1, 256, 1, 2, torch.float32, torch.device("cpu"))
+    cache = RadixCache(pool)
+    shots = list(range(100, 140))  # a few-shot prefix, cached as part of one longer prompt
+    cache.insert(shots + [1, 1, 1], pool.alloc(43))
+    cache.insert([5, 5, 5], pool.alloc(3))
+    reqs = [make_req(0, [5, 5, 5, 0], arrival=0), make_req(1, shots + [2], arrival=1),
+            make_req(2, [8, 8], arrival=2), make_req(3, shots + [3], arrival=3),
+            make_req(4, shots + [4], arrival=4)]
+    got = [r.rid for r in order(reqs, cache, "dfs-weight", 5, None)]
+    start = got.index(1)  # the three sharing the few-shot prefix run together, before [5,5,5]
+    assert got[start : start + 3] == [1, 3, 4] and got.index(0) > start
+    assert sorted(got) == [0, 1, 2, 3, 4]
+
+
 def test_aging_lets_a_starving_request_go_first(cache) -> None:
     old = make_req(0, [8, 8, 8], arrival=0)  # no cached prefix: lpm ranks it last
     fresh = [make_req(i, [1, 2, 3, 4, 5, 6, i], arrival=90) for i in range(1, 4)]
