@@ -48,8 +48,9 @@ def _throughput(ax: Any, data: dict[str, Any], names: list[str]) -> None:
             if run:
                 xs.append(i + (j - (len(systems) - 1) / 2) * width)
                 ys.append(run["programs_per_s"])
-        label = system + (f" (first {data['hf_sample']} programs)" if system == "transformers"
-                          else "")
+        n = data["hf_sample"]
+        label = system + (f" (first {n} program{'s' if n > 1 else ''})"
+                          if system == "transformers" else "")
         ax.bar(xs, ys, width, label=label, color=COLOURS[system])
     for i, name in enumerate(names):
         w = data["workloads"][name]
@@ -59,9 +60,11 @@ def _throughput(ax: Any, data: dict[str, Any], names: list[str]) -> None:
         ax.annotate(" / ".join(parts), (i, top), textcoords="offset points", xytext=(0, 4),
                     ha="center", fontsize=7)
     ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high * 4)  # room for the legend above the bars
     ax.set_ylabel("programs / s (log)")
     ax.set_title("throughput; labels: lmnb speedup vs no cache / vs transformers", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
 
 
 def _hit_rates(ax: Any, data: dict[str, Any], names: list[str]) -> None:
@@ -71,9 +74,9 @@ def _hit_rates(ax: Any, data: dict[str, Any], names: list[str]) -> None:
     ax.bar([x - 0.2 for x in xs], achieved, 0.4, label="achieved (lmnb)",
            color=COLOURS["lmnb"])
     ax.bar([x + 0.2 for x in xs], optimal, 0.4, label="optimal", color="#999999")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.25)
     ax.set_ylabel("prompt hit rate")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", ncol=2)
 
 
 if __name__ == "__main__":
