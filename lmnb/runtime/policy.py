@@ -52,14 +52,19 @@ def _dfs_weight(reqs: list[Req], cache: RadixCache) -> list[Req]:
         while node is not None:
             weight[node.id] += 1
             node = node.parent
+    # Post-order: a node's subtrees (heaviest first) before the requests waiting at the node
+    # itself, whose match is shorter: the best-cached requests go first, as under lpm.
     out: list[Req] = []
-    stack = [cache.root]
+    stack: list[tuple[Node, bool]] = [(cache.root, False)]
     while stack:
-        node = stack.pop()
-        out.extend(at_node.get(node.id, ()))
+        node, children_done = stack.pop()
+        if children_done:
+            out.extend(at_node.get(node.id, ()))
+            continue
+        stack.append((node, True))
         kids = [c for c in node.children.values() if weight.get(c.id)]
         kids.sort(key=lambda c: (weight[c.id], -c.id))  # the heaviest is popped first
-        stack.extend(kids)
+        stack.extend((c, False) for c in kids)
     return out
 
 
