@@ -7,6 +7,7 @@ The magics use the default backend, set here to a `Runtime` around the `engine` 
 from __future__ import annotations
 
 import _thread
+import signal
 import subprocess
 import sys
 import threading
@@ -245,6 +246,16 @@ def _interrupt_once_streaming(ip, name: str, fired: list[bool]) -> None:
 
 
 def test_ctrl_c_on_a_waiting_cell_cancels_its_requests(ip, engine) -> None:
+    # A kernel turns SIGINT into KeyboardInterrupt; other tests in the session (a browser
+    # driver) may have left another handler, under which interrupt_main does nothing.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_cancels(ip, engine)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_cancels(ip, engine) -> None:
     wait_idle(engine)
     ip.user_ns.pop("stopped", None)
     fired: list[bool] = []
