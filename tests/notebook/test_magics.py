@@ -246,8 +246,8 @@ def _interrupt_once_streaming(ip, name: str, fired: list[bool]) -> None:
 
 
 def test_ctrl_c_on_a_waiting_cell_cancels_its_requests(ip, engine) -> None:
-    # A kernel turns SIGINT into KeyboardInterrupt; other tests in the session (a browser
-    # driver) may have left another handler, under which interrupt_main does nothing.
+    # A kernel turns SIGINT into KeyboardInterrupt. A test run started in the background
+    # (`make test &`) inherits SIGINT ignored, under which interrupt_main does nothing.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _ctrl_c_cancels(ip, engine)
