@@ -47,7 +47,7 @@ def _dfs_weight(reqs: list[Req], cache: RadixCache) -> list[Req]:
     at_node: dict[int, list[Req]] = defaultdict(list)
     weight: dict[int, int] = defaultdict(int)
     for r in sorted(reqs, key=_arrival):
-        node = _match_node(cache, r.all_ids)
+        node = cache.locate(r.all_ids)[0]  # where its match ends, inside a node or not
         at_node[node.id].append(r)
         while node is not None:
             weight[node.id] += 1
@@ -66,28 +66,3 @@ def _dfs_weight(reqs: list[Req], cache: RadixCache) -> list[Req]:
         kids.sort(key=lambda c: (weight[c.id], -c.id))  # the heaviest is popped first
         stack.extend((c, False) for c in kids)
     return out
-
-
-def _match_node(cache: RadixCache, ids: list[int]) -> Node:
-    """The node where ids' cached prefix ends: the last node matched whole, or the node the
-    match ends inside (a few-shot prefix usually ends inside a cached prompt's node; requests
-    that share it must group there, not at the root). No split, no LRU touch."""
-    node, i = cache.root, 0
-    while i < len(ids):
-        child = node.children.get(ids[i])
-        if child is None:
-            break
-        n = _common_len(child.key, ids, i)
-        node, i = child, i + n
-        if n < len(child.key):
-            break
-    return node
-
-
-def _common_len(key: list[int], ids: list[int], start: int) -> int:
-    n = 0
-    for a, b in zip(key, ids[start : start + len(key)]):
-        if a != b:
-            break
-        n += 1
-    return n

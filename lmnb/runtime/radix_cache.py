@@ -82,17 +82,21 @@ class RadixCache:
 
     def prefix_len(self, ids: list[int]) -> int:
         """Length of the cached prefix of ids, with no split and no LRU touch."""
+        return self.locate(ids)[1]
+
+    def locate(self, ids: list[int]) -> tuple[Node, int]:
+        """(node, length) of ids' cached prefix, with no split and no LRU touch: the node is the
+        last one matched whole, or the one the match ends inside."""
         node, i = self.root, 0
         while i < len(ids) and not self.disabled:
             child = node.children.get(ids[i])
             if child is None:
                 break
             n = _common_len(child.key, ids, i)
-            i += n
+            node, i = child, i + n
             if n < len(child.key):
                 break
-            node = child
-        return i
+        return node, i
 
     def _split(self, child: Node, n: int) -> Node:
         """Cut child's key at n: a new node holds the first n tokens, child keeps the rest."""

@@ -15,6 +15,8 @@ from typing import Any
 import anywidget
 import traitlets
 
+from lmnb.widgets.poller import Poller
+
 STATIC = Path(__file__).parent / "static"
 
 
@@ -33,6 +35,18 @@ class HtmlView(anywidget.AnyWidget):
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return with_static_html(self, super()._repr_mimebundle_(**kwargs))
+
+
+class ProgramView(HtmlView):
+    """A view of one or more program states, refreshed (<= 5 Hz) until every one is done."""
+
+    done = traitlets.Bool(False).tag(sync=True)
+
+    def __init__(self, states: Any, *, live: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.states = list(states) if isinstance(states, list | tuple) else [states]
+        self.refresh()
+        self.poller = Poller(self, done=lambda: self.done) if live else None
 
 
 def with_static_html(view: Any, bundle: Any) -> Any:

@@ -16,8 +16,7 @@ from typing import Any
 import traitlets
 
 from lmnb.events import CATEGORIES
-from lmnb.widgets.base import HtmlView
-from lmnb.widgets.poller import Poller
+from lmnb.widgets.base import ProgramView
 
 STYLE = {  # category -> (inline style, legend)
     "cached": ("background:#d5f5e3", "cached prompt"),
@@ -28,17 +27,10 @@ STYLE = {  # category -> (inline style, legend)
 }
 
 
-class TokenStreamView(HtmlView):
+class TokenStreamView(ProgramView):
     counts = traitlets.Dict({}).tag(sync=True)  # category -> tokens, over every state
     num_tokens = traitlets.Int(0).tag(sync=True)  # the states' ids, all counted
-    done = traitlets.Bool(False).tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
-
-    def __init__(self, states: Any, *, live: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.states = list(states) if isinstance(states, list | tuple) else [states]
-        self.refresh()
-        self.poller = Poller(self, done=lambda: self.done) if live else None
 
     def refresh(self) -> None:
         reads = [read_state(s) for s in self.states]

@@ -14,23 +14,15 @@ from typing import Any
 
 import traitlets
 
-from lmnb.widgets.base import HtmlView
-from lmnb.widgets.poller import Poller
+from lmnb.widgets.base import ProgramView
 from lmnb.widgets.trace_svg import legend_html, trace_model, trace_svg
 
 
-class TraceView(HtmlView):
+class TraceView(ProgramView):
     num_lanes = traitlets.Int(0).tag(sync=True)
     lanes = traitlets.List([]).tag(sync=True)
     spans = traitlets.List([]).tag(sync=True)
     edges = traitlets.List([]).tag(sync=True)
-    done = traitlets.Bool(False).tag(sync=True)
-
-    def __init__(self, states: Any, *, live: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.states = list(states) if isinstance(states, list | tuple) else [states]
-        self.refresh()
-        self.poller = Poller(self, done=lambda: self.done) if live else None
 
     def refresh(self) -> None:
         done = all(s.finished() or s._ex.first_error() is not None for s in self.states)
