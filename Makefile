@@ -5,7 +5,7 @@ STAMP    := $(VENV)/.lmnb-installed
 LAB_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup model lab test lint bench clean
+.PHONY: setup model lab notebook test lint bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -25,6 +25,10 @@ model: setup
 
 lab: model
 	$(VENV)/bin/jupyter lab tutorials/ $(LAB_ARGS)
+
+# the same tutorials in Notebook 7's classic-style page
+notebook: model
+	$(VENV)/bin/jupyter notebook tutorials/ $(LAB_ARGS)
 
 test: model
 	$(PY) -m pytest -q tests notebooks tutorials --nbval-lax $(PYTEST_ARGS)

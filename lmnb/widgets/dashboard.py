@@ -32,7 +32,9 @@ class Dashboard(ipywidgets.VBox):
         self.tree = RadixTreeView(engine, live=live, done=done)
         self.stats = CacheStatsView(engine, live=live, done=done)
         top = [v for v in (self.tokens, self.trace) if v is not None]
-        super().__init__(children=[*top, ipywidgets.HBox([self.tree, self.stats])], **kwargs)
+        below = ipywidgets.HBox([self.tree, self.stats], layout=ipywidgets.Layout(
+            flex_flow="row wrap", align_items="flex-start"))
+        super().__init__(children=[*top, below], **kwargs)
 
     @property
     def views(self) -> list[Any]:

@@ -16,6 +16,7 @@ LABEL_W = 96
 PLOT_W = 720
 LANE_H = 34
 AXIS_H = 22
+CHAR_W = 6.7  # the width of one character of the 11px monospace labels
 CACHED, COMPUTED, GENERATED = "#58d68d", "#f5b041", "#5dade2"
 
 
@@ -99,7 +100,11 @@ def trace_svg(model: dict[str, Any]) -> str:
     x = lambda t: LABEL_W + PLOT_W * t / t_max  # noqa: E731 - a local scale
     y = lambda lane: AXIS_H + lane * LANE_H  # noqa: E731
     height = AXIS_H + LANE_H * max(len(model["lanes"]), 1) + 4
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{LABEL_W + PLOT_W + 10}" '
+    # a span's label runs past its box: widen the picture so the last ones are not cut off
+    width = max([LABEL_W + PLOT_W + 10] + [
+        x(s["t0"]) + 3 + CHAR_W * len(f'{s["op"]} {s["name"] or ""} {_counts_text(s)}') + 4
+        for s in model["spans"] if s["op"] not in ("fork", "join")])
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
              f'height="{height}" class="lmnb-trace-svg" font-size="11">']
     parts += _axis(t_max, x, height)
     for i, label in enumerate(model["lanes"]):

@@ -127,7 +127,7 @@ class RadixTreeView(HtmlView):
         return (f'<div data-num-nodes="{self.num_nodes}"><b>radix tree</b>: {self.num_nodes} '
                 f"nodes, {self.num_tokens} tokens, {self.num_locked} locked "
                 f'<span style="color:#888">(events: {counts})</span></div>'
-                f"{legend_html()}{svg}")
+                f'{legend_html()}<div class="lmnb-scroll">{svg}</div>')
 
 
 def _event_nodes(event: dict[str, Any]) -> list[int]:

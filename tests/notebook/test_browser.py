@@ -1,12 +1,13 @@
-"""A real browser: JupyterLab from this venv, a notebook with a forking `%%lmprogram` cell,
-Debian's chromium driven by Playwright; the live radix tree view renders and its node count
-(the `data-num-nodes` attribute its JS sets) grows while the program runs.
+"""A real browser: JupyterLab 4 and Notebook 7 from this venv, a notebook with a forking
+`%%lmprogram` cell, Debian's chromium driven by Playwright; in each front end the live radix
+tree view renders and its node count (the `data-num-nodes` attribute its JS sets) grows while
+the program runs.
 
 The server listens on 127.0.0.1 on a free port with a random token, in a fresh temporary root
 and Jupyter config/runtime folders; it is always shut down, with its kernels. A screenshot is
-saved under `test-artifacts/browser/` (the test prints the path: `lab.png` the page,
-`dashboard.png` the program's cell); with `LMNB_UPDATE_DOCS=1`
-it is also copied to `docs/dashboard.png` for the README.
+saved under `test-artifacts/browser/<front end>/` (the test prints the path: `page.png` the
+page, `dashboard.png` the program's cell); with `LMNB_UPDATE_DOCS=1` JupyterLab's is also copied
+to `docs/dashboard.png` for the README.
 """
 
 from __future__ import annotations
@@ -49,8 +50,23 @@ def _need_browser() -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    if shutil.which("jupyter-lab", path=str(Path(sys.executable).parent)) is None:
-        pytest.skip("jupyterlab is not installed in this venv")
+
+
+# how each front end is started, and where it opens a notebook
+FRONT_ENDS = {
+    "jupyterlab": (["jupyter-lab", "--LabApp.news_url=",
+                    "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+                   "/lab/tree/{}"),
+    "notebook7": (["jupyter-notebook"], "/notebooks/{}"),
+}
+
+
+def _executable(front_end: str) -> str:
+    name = FRONT_ENDS[front_end][0][0]
+    path = shutil.which(name, path=str(Path(sys.executable).parent))
+    if path is None:
+        pytest.skip(f"{name} is not installed in this venv (pip install -e '.[notebook]')")
+    return path
 
 
 def _free_port() -> int:
@@ -74,14 +90,14 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"jupyter lab exited with {proc.returncode}")
+            raise RuntimeError(f"the Jupyter server exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except OSError:
             time.sleep(0.3)
-    raise TimeoutError(f"jupyter lab did not answer at {url}")
+    raise TimeoutError(f"the Jupyter server did not answer at {url}")
 
 
 def _stop(proc: subprocess.Popen, base: str, token: str) -> None:
@@ -116,26 +132,26 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
-@pytest.fixture()
-def lab(tmp_path):
+@pytest.fixture(params=sorted(FRONT_ENDS))
+def lab(request, tmp_path):
     _need_browser()
+    front_end = request.param
+    executable = _executable(front_end)
     port, token = _free_port(), secrets.token_hex(16)
     root = tmp_path / "root"
     root.mkdir()
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "PYTHONPATH": str(ROOT)}
-    cmd = [str(Path(sys.executable).parent / "jupyter-lab"), "--no-browser", "--allow-root",
+    cmd = [executable, *FRONT_ENDS[front_end][0][1:], "--no-browser", "--allow-root",
            "--ip=127.0.0.1", f"--port={port}", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
-           "--LabApp.news_url=", "--LabApp.check_for_updates_class="
-           "jupyterlab.NeverCheckForUpdate"]
-    log = (tmp_path / "lab.log").open("w")
+           f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0"]
+    log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{base}/api/status?token={token}", proc)
-        yield base, token, root
+        yield front_end, base, token, root
     finally:
         _stop(proc, base, token)
         log.close()
@@ -160,16 +176,17 @@ def _run_all(page) -> None:
 def test_the_tree_view_renders_and_grows_in_a_real_browser(lab) -> None:
     from playwright.sync_api import sync_playwright
 
-    base, token, root = lab
+    front_end, base, token, root = lab
     _notebook(root / "live.ipynb")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "dashboard.png"
+    artifacts = ARTIFACTS / front_end
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shot = artifacts / "dashboard.png"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1600})
             page.set_default_timeout(120_000)
-            page.goto(f"{base}/lab/tree/live.ipynb?token={token}")
+            page.goto(base + FRONT_ENDS[front_end][1].format("live.ipynb") + f"?token={token}")
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="visible")
             _wait_kernel_idle(base, token)
             _run_all(page)
@@ -181,12 +198,12 @@ def test_the_tree_view_renders_and_grows_in_a_real_browser(lab) -> None:
             time.sleep(2.5)  # the last refreshes land
             seen.append(int(tree.get_attribute("data-num-nodes")))
             _dismiss_news_toast(page)
-            page.screenshot(path=str(ARTIFACTS / "lab.png"), full_page=True)
+            page.screenshot(path=str(artifacts / "page.png"), full_page=True)
             page.locator(".jp-Notebook .jp-Cell").nth(1).screenshot(path=str(shot))
         finally:
             browser.close()
-    print(f"\nbrowser screenshot: {shot}  node counts seen: {seen}")
-    if os.environ.get("LMNB_UPDATE_DOCS"):
+    print(f"\n{front_end} screenshot: {shot}  node counts seen: {seen}")
+    if os.environ.get("LMNB_UPDATE_DOCS") and front_end == "jupyterlab":
         shutil.copy(shot, ROOT / "docs" / "dashboard.png")
     assert seen[0] < seen[-1], seen  # it grew while the program ran
     assert len(set(seen)) >= 3, seen  # and not in one jump: several live updates
