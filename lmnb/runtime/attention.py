@@ -8,6 +8,8 @@ batched. Knows nothing of the radix tree or sampling; reads k/v through `req_to_
 Why it is shaped this way (CPU measurements in benchmarks/, reasons here):
 - k/v are gathered with `index_select` into reused buffers (`Workspace`): advanced indexing is
   several times slower, and a fresh multi-MB tensor per layer costs page faults every time.
+- Extend attention passes 4-d tensors to `scaled_dot_product_attention`: with 3-d ones torch
+  takes its unfused path on the CPU (384 queries over 1,536 keys: 36 ms a layer vs 12 ms).
 - Decoding requests whose rows start with the same slots (a shared prompt prefix, held once in
   the radix cache) attend to that prefix together: one matrix product of all their queries
   against the prefix keys, read once, merged with each request's own suffix through the
@@ -123,23 +125,27 @@ def extend_attention(
     scale: float,
     work: Workspace,
 ) -> None:
+    # Tensors are 4-d ([1, heads, n, dim]): on the CPU, 3-d inputs take torch's unfused
+    # path, 3-6x slower at a thousand tokens (measured; see the module's notes).
     start = 0
     for row, seq_len, ext_len in items:
         end = start + ext_len
-        qi = q[start:end].transpose(0, 1)  # [heads, n, dim]
+        qi = q[start:end].transpose(0, 1).unsqueeze(0)  # [1, heads, n, dim]
         if seq_len == ext_len:  # nothing cached before: attend to this step's own k/v
-            ki, vi = k[start:end].transpose(0, 1), v[start:end].transpose(0, 1)
+            ki = k[start:end].transpose(0, 1).unsqueeze(0)
+            vi = v[start:end].transpose(0, 1).unsqueeze(0)
             oi = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale,
                                                 enable_gqa=True)
         else:
             ki, vi = gather(k_pool, v_pool, table[row, :seq_len], work)
-            ki, vi = ki.transpose(0, 1), vi.transpose(0, 1)  # [kv_heads, seq_len, dim]
+            ki = ki.transpose(0, 1).unsqueeze(0)  # [1, kv_heads, seq_len, dim]
+            vi = vi.transpose(0, 1).unsqueeze(0)
             # query j sits at position seq_len - ext_len + j and sees keys up to it
             mask = torch.ones(ext_len, seq_len, dtype=torch.bool, device=q.device)
             mask = mask.tril(diagonal=seq_len - ext_len)
             oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=scale,
                                                 enable_gqa=True)
-        out[start:end] = oi.transpose(0, 1)
+        out[start:end] = oi[0].transpose(0, 1)
         start = end
 
 
