@@ -45,13 +45,14 @@ class Sizes:
     judge_programs: int = 3
     judge_dimensions: int = 6
     json_programs: int = 6
-    chat_programs: int = 3
+    chat_programs: int = 8  # chats running at once
     chat_turns: int = 4
     # the paper: messages of 256-512 tokens, replies of 4-8 (short) or 256-512 (long) tokens;
-    # scaled here to ~65-130-token messages and 24-40-token long replies
-    chat_sentences: tuple[int, int] = (5, 10)
+    # long replies are a quarter of that here (8 chats of 4 x 384 decoded tokens at ~2-3k
+    # tokens of context take ~7 min per system on 2 cores)
+    chat_sentences: tuple[int, int] = (20, 40)  # ~260-520 tokens
     chat_short_tokens: tuple[int, int] = (4, 8)  # a reply, exactly this many tokens
-    chat_long_tokens: tuple[int, int] = (24, 40)
+    chat_long_tokens: tuple[int, int] = (64, 128)
     rag_programs: int = 4
     rag_docs: int = 12
     rag_top_k: int = 3
