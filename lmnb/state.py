@@ -13,7 +13,8 @@ from typing import Any
 
 from lmnb.errors import ProgramError, call_site
 from lmnb.events import EventLog, TraceEvent
-from lmnb.interpreter import JOIN_MODES, StreamExecutor
+from lmnb.handlers import JOIN_MODES
+from lmnb.interpreter import StreamExecutor
 from lmnb.ir import (
     Expr,
     Fork,
