@@ -248,6 +248,7 @@ def runtime_status(backend: Any) -> dict[str, Any]:
         "model": eng.model_name,
         "dtype": str(eng.dtype).removeprefix("torch."),
         "device": str(eng.device),
+        "decode attention": eng.decode_attention,
         "policy": st["policy"],
         "pool": f"{st['capacity'] - st['free_slots']}/{st['capacity']} slots used "
                 f"({st['evictable_slots']} evictable, {st['protected_slots']} in use)",

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lmnb.runtime import loader
+from lmnb.runtime import cpu_kernels, loader
 from lmnb.runtime.batch import ForwardBatch
 from lmnb.runtime.config import ModelConfig
 from lmnb.runtime.detokenizer import Detokenizer
@@ -61,6 +61,7 @@ class Engine:
         self.model = LlamaModel(self.config, loader.load_weights(files.folder), self.dtype,
                                 self.device)
         self.max_context = min(self.config.max_position, max_context or self.config.max_position)
+        self.decode_attention = cpu_kernels.prepare(self.device, self.dtype)  # in words
         cfg = self.config
         num_slots = (max_tokens_in_cache or DEFAULT_MAX_TOKENS_IN_CACHE) + 1  # + padding sink
         self.pool = KVPool(cfg.num_layers, num_slots, cfg.num_kv_heads, cfg.head_dim,
