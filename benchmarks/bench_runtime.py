@@ -10,18 +10,22 @@ Workloads (issue 2, "Benchmark"), all on the default model, same inputs and dtyp
             lmnb with the radix cache, lmnb without it, and (for scale) transformers one
             request at a time, timed on a sample
   noshare   the same sizes with no shared prefix at all: the cost of the cache when it cannot hit
+  longdecode  decode at batch 8 over distinct ~2,000-token contexts (a multi-turn chat's
+            shape): lmnb with its compiled decode attention kernel vs lmnb's torch path
+            (`cpu_kernels.disabled()`), in turns on one engine, prompts prefilled beforehand
 
 Prints a rich table (and Markdown with --markdown) and writes benchmarks/results/runtime.json.
 Times are the best of the repeats (noise on a shared machine only adds time); systems that are
 compared are timed in turns. Targets are reported as PASS/FAIL; the exit status ignores them.
 
-    python benchmarks/bench_runtime.py [--quick] [--only prefill,decode,shared,noshare]
+    python benchmarks/bench_runtime.py [--quick] [--only prefill,decode,shared,noshare,longdecode]
                                        [--markdown] [--repeats N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -47,10 +51,10 @@ from common import (  # noqa: E402
     write_json,
 )
 
-from lmnb.runtime import Engine, GenerateResult  # noqa: E402
+from lmnb.runtime import Engine, GenerateResult, cpu_kernels  # noqa: E402
 from lmnb.runtime import loader as lmnb_loader  # noqa: E402
 
-WORKLOADS = ("prefill", "decode", "shared", "noshare")
+WORKLOADS = ("prefill", "decode", "shared", "noshare", "longdecode")
 TARGETS = {"prefill": 1.3, "decode32": 3.0, "shared": 5.0, "noshare": 1.03}
 
 
@@ -72,6 +76,9 @@ class Sizes:
     noshare_prompt_len: int = 256  # in about a minute per system (64 x 1,020 takes ~8 min)
     noshare_repeats: int = 2  # cache on/off in turns; the overhead is a few percent at most
     max_tokens_in_cache: int = 70_000  # > 64 x (1020 + 32): no request waits for KV
+    long_requests: int = 8
+    long_prompt_len: int = 2000
+    long_new: int = 64
 
 
 FULL = Sizes()
@@ -79,7 +86,7 @@ QUICK = Sizes(prefill_prompts=2, prefill_len=64, decode_prompt_len=8, decode_new
               shared_requests=8, shared_prefix_len=100, shared_suffix_len=8, shared_new=4,
               hf_sequential_sample=1, repeats=1, slow_repeats=1, noshare_requests=8,
               noshare_prompt_len=64, noshare_repeats=1,
-              max_tokens_in_cache=4_000)
+              max_tokens_in_cache=4_000, long_requests=2, long_prompt_len=200, long_new=4)
 
 
 # ---- the systems ----------------------------------------------------------------------------
@@ -354,8 +361,42 @@ def bench_noshare(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
     return rows, data
 
 
+def bench_longdecode(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
+                     ) -> tuple[list[Row], dict[str, Any]]:
+    """Decode over long distinct contexts: the prompts are prefilled (and cached) first, so a
+    timed run is the decode steps plus one token of prefill per request."""
+    prompts = text.distinct(sz.long_requests, sz.long_prompt_len)
+    engine = sy.lm
+    engine.flush_cache()
+    lm_run(engine, prompts, 1)
+    paths = {"kernel": contextlib.nullcontext, "torch": cpu_kernels.disabled}
+    timings: dict[str, Timing] = {name: Timing() for name in paths}
+    outputs: dict[str, list[list[int]]] = {}
+    for _ in range(repeats):  # in turns
+        for name, path in paths.items():
+            with path():
+                seconds, results = time_once(lambda: lm_run(engine, prompts, sz.long_new),
+                                             f"longdecode {name}")
+            timings[name].seconds.append(seconds)
+            outputs[name] = [r.output_ids for r in results]
+    engine.flush_cache()
+    new_tokens = sz.long_requests * sz.long_new
+    kernel, torch_path = (new_tokens / timings[n].best for n in ("kernel", "torch"))
+    metric = (f"batch {sz.long_requests} x {sz.long_prompt_len} tok context, "
+              f"{sz.long_new} new (new tok/s)")
+    same = outputs["kernel"] == outputs["torch"]
+    rows = [Row("long decode", metric, kernel, torch_path, "lmnb, torch attention",
+                kernel / torch_path, "", None, "", f"same tokens: {same}; "
+                f"{engine.decode_attention}")]
+    data = {"num_requests": sz.long_requests, "prompt_len": sz.long_prompt_len,
+            "new_tokens": sz.long_new, "kernel": timings["kernel"].as_dict(),
+            "torch": timings["torch"].as_dict(), "speedup": kernel / torch_path,
+            "same_tokens": same, "decode_attention": engine.decode_attention}
+    return rows, data
+
+
 BENCHES = {"prefill": bench_prefill, "decode": bench_decode, "shared": bench_shared,
-           "noshare": bench_noshare}
+           "noshare": bench_noshare, "longdecode": bench_longdecode}
 
 
 # ---- main -----------------------------------------------------------------------------------

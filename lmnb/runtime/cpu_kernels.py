@@ -15,6 +15,7 @@ Kernels:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -23,6 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -73,6 +75,19 @@ def decode_attention(q: torch.Tensor, k_pool: torch.Tensor) -> DecodeAttention |
             if _status is None:
                 _load()
     return _kernel
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """The torch path inside the block, in every engine of the process (for side-by-side
+    measurements and tests); the kernel is back afterwards."""
+    global _kernel
+    decode_attention(torch.empty(1, 1, 1), torch.empty(1, 1, 1))  # loaded, so it stays off
+    saved, _kernel = _kernel, None
+    try:
+        yield
+    finally:
+        _kernel = saved
 
 
 def prepare(device: torch.device, dtype: torch.dtype) -> str:

@@ -20,12 +20,9 @@ def _kernel() -> cpu_kernels.DecodeAttention:
 
 
 def _torch_path(q, k_pool, v_pool, table, plan, scale):
-    saved = cpu_kernels._kernel
-    cpu_kernels._kernel = None  # what the engine runs where the kernel is unavailable
-    try:
+    with cpu_kernels.disabled():  # what the engine runs where the kernel is unavailable
+        assert cpu_kernels.decode_attention(q, k_pool) is None
         return A.decode_attention(q, k_pool, v_pool, table, plan, scale, A.Workspace())
-    finally:
-        cpu_kernels._kernel = saved
 
 
 @pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (4, 4, 32), (8, 1, 16)])
