@@ -3,6 +3,8 @@ VENV     ?= .venv
 PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.lmnb-installed
 LAB_ARGS ?=
+# Jupyter refuses to run as root without --allow-root (containers often are root)
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
 
 .PHONY: setup model lab notebook test lint bench clean
@@ -24,11 +26,11 @@ model: setup
 	$(PY) -c 'from lmnb.runtime.loader import main; main()'
 
 lab: model
-	$(VENV)/bin/jupyter lab tutorials/ $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab tutorials/ $(ROOT_ARGS) $(LAB_ARGS)
 
 # the same tutorials in Notebook 7's classic-style page
 notebook: model
-	$(VENV)/bin/jupyter notebook tutorials/ $(LAB_ARGS)
+	$(VENV)/bin/jupyter notebook tutorials/ $(ROOT_ARGS) $(LAB_ARGS)
 
 test: model
 	$(PY) -m pytest -q tests notebooks tutorials --nbval-lax $(PYTEST_ARGS)
