@@ -70,10 +70,7 @@ def decode_attention(q: torch.Tensor, k_pool: torch.Tensor) -> DecodeAttention |
     """The kernel where it applies to these tensors (fp32 on the CPU), else None."""
     if q.device.type != "cpu" or q.dtype != torch.float32 or k_pool.dtype != torch.float32:
         return None
-    if _status is None:
-        with _lock:
-            if _status is None:
-                _load()
+    _ensure_loaded()
     return _kernel
 
 
@@ -82,7 +79,7 @@ def disabled() -> Iterator[None]:
     """The torch path inside the block, in every engine of the process (for side-by-side
     measurements and tests); the kernel is back afterwards."""
     global _kernel
-    decode_attention(torch.empty(1, 1, 1), torch.empty(1, 1, 1))  # loaded, so it stays off
+    _ensure_loaded()  # so that it stays off
     saved, _kernel = _kernel, None
     try:
         yield
@@ -95,8 +92,15 @@ def prepare(device: torch.device, dtype: torch.dtype) -> str:
     decode step does not wait for the compiler); returns the decode attention path in words."""
     if device.type != "cpu" or dtype != torch.float32:
         return "torch (the native kernel is for fp32 on the CPU)"
-    decode_attention(torch.empty(1, 1, 1), torch.empty(1, 1, 1))
+    _ensure_loaded()
     return _status or ""
+
+
+def _ensure_loaded() -> None:
+    if _status is None:
+        with _lock:
+            if _status is None:
+                _load()
 
 
 def _load() -> None:

@@ -102,7 +102,7 @@ def trace_svg(model: dict[str, Any]) -> str:
     height = AXIS_H + LANE_H * max(len(model["lanes"]), 1) + 4
     # a span's label runs past its box: widen the picture so the last ones are not cut off
     width = max([LABEL_W + PLOT_W + 10] + [
-        x(s["t0"]) + 3 + CHAR_W * len(f'{s["op"]} {s["name"] or ""} {_counts_text(s)}') + 4
+        x(s["t0"]) + 3 + CHAR_W * len(" ".join(_span_label(s))) + 4
         for s in model["spans"] if s["op"] not in ("fork", "join")])
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
              f'height="{height}" class="lmnb-trace-svg" font-size="11">']
@@ -140,14 +140,18 @@ def _span_svg(span: dict[str, Any], x: Any, y: Any) -> str:
         what = "join (waiting for the forks)" if span["op"] == "join" else "fork (prefix commit)"
         return (f'<g class="lmnb-span-{span["op"]}"><title>{what}</title><rect x="{x0:.1f}" '
                 f'y="{top + 8}" width="{width:.1f}" height="4" fill="#d2b4de"/></g>')
-    label = f'{span["op"]} {span["name"] or ""}'.strip()
-    counts = _counts_text(span)
+    label, counts = _span_label(span)
     fill = "#fef9e7" if span["running"] else "#fdfefe"
     return (f'<g class="lmnb-span-{span["op"]}"><title>{escape(label)}: {escape(counts)}'
             f'</title><rect x="{x0:.1f}" y="{top}" width="{width:.1f}" height="18" rx="3" '
             f'fill="{fill}" stroke="#555"/>{_token_bar(span, x0, top + 19, width)}'
             f'<text x="{x0 + 3:.1f}" y="{top + 13}">{escape(label)}'
             f'<tspan fill="#777"> {escape(counts)}</tspan></text></g>')
+
+
+def _span_label(span: dict[str, Any]) -> tuple[str, str]:
+    """What a gen/select box says: its op and variable, and its token counts."""
+    return f'{span["op"]} {span["name"] or ""}'.strip(), _counts_text(span)
 
 
 def _counts_text(span: dict[str, Any]) -> str:
