@@ -1,4 +1,5 @@
-"""Language tests run on the session's one engine (tests/conftest.py) as the default backend."""
+"""Language tests: on a scripted backend where the model is not the subject (`scripted`), on
+the session's one engine (tests/conftest.py) as the default backend where it is (`runtime`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import lmnb as lm
+from lmnb.testing import ScriptedBackend, default_backend
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +29,11 @@ def stats_delta(runtime: lm.Runtime) -> Callable[[], dict[str, int]]:
         return {k: now[k] - before[k] for k in ("prompt_tokens", "cached_tokens")}
 
     return delta
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedBackend]:
+    """A fresh `ScriptedBackend` (FILLER replies) as the default backend for one test; set
+    `scripted.script` to script it."""
+    with default_backend(ScriptedBackend()) as backend:
+        yield backend

@@ -1,4 +1,7 @@
-"""Failures surface on state access and from run() at the program's own line; the engine lives."""
+"""Failures surface on state access and from run() at the program's own line; the engine lives.
+
+The interpreter's error handling runs on a scripted backend; the engine's refusals on the real one.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ import inspect
 import pytest
 
 import lmnb as lm
+from lmnb.testing import ScriptedBackend
 
-pytestmark = pytest.mark.usefixtures("runtime")
+pytestmark = pytest.mark.usefixtures("scripted")
 
 
 def line_of(program: lm.Function, marker: str) -> int:
@@ -87,31 +91,31 @@ def too_long(s):
     s += lm.gen("answer", max_tokens=2)  # <- the engine refuses
 
 
-def test_backend_failure_surfaces_and_the_engine_keeps_running():
-    state = too_long.run(stream=True)
+def test_backend_failure_surfaces_and_the_engine_keeps_running(runtime):
+    state = too_long.run(stream=True, backend=runtime)
     with pytest.raises(lm.ProgramError) as info:
         state["answer"]
     assert isinstance(info.value.__cause__, ValueError)
     assert info.value.site.lineno == line_of(too_long, "<- the engine refuses")
     with pytest.raises(lm.ProgramError):
-        too_long.run()
+        too_long.run(backend=runtime)
 
     @lm.function
     def fine(s):
         s += "The capital of France is" + lm.gen("city", max_tokens=1)
 
-    assert fine.run()["city"] == " Paris"
+    assert fine.run(backend=runtime)["city"] == " Paris"
 
 
-class FailingBackend(lm.Runtime):
-    """Fails every request on its way to the engine."""
+class FailingBackend(ScriptedBackend):
+    """Fails every request on its way to the model."""
 
     def generate(self, prompt, params):
         raise ConnectionError("backend went away")
 
 
-def test_failing_backend_surfaces_on_state_access(runtime):
-    backend = FailingBackend(engine=runtime.engine)
+def test_failing_backend_surfaces_on_state_access():
+    backend = FailingBackend()
     state = reads_missing.run(stream=True, backend=backend)
     with pytest.raises(lm.ProgramError, match="backend went away"):
         state.text()

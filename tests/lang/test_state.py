@@ -1,4 +1,8 @@
-"""Program state semantics on the default model: ids, variables, scopes, forks, roles, events."""
+"""Program state semantics: ids, variables, scopes, forks, roles, events.
+
+On a scripted backend, except where the default model's tokenizer, chat template or engine is
+what a test checks (`runtime`).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ import pytest
 
 import lmnb as lm
 
-pytestmark = pytest.mark.usefixtures("runtime")
-
 
 def test_ids_spell_the_text_even_when_a_stop_string_ends_inside_a_token(runtime):
     @lm.function
@@ -17,7 +19,7 @@ def test_ids_spell_the_text_even_when_a_stop_string_ends_inside_a_token(runtime)
         s += "The capital of France is"
         s += lm.gen("city", max_tokens=4, stop="ari")  # " Paris" is one token
 
-    state = capital.run()
+    state = capital.run(backend=runtime)
     assert state["city"] == " P"
     assert runtime.tokenizer.decode(state.token_ids()) == state.text()
     assert state.text() == "The capital of France is P"
@@ -29,11 +31,12 @@ def test_constant_text_is_tokenised_piece_by_piece(runtime):
         s += "Hello"
         s += " world"
 
-    state = pieces.run()
+    state = pieces.run(backend=runtime)
     tok = runtime.tokenizer
     assert state.token_ids() == tok.encode("Hello") + tok.encode(" world")
 
 
+@pytest.mark.usefixtures("scripted")
 def test_variables_scopes_and_assignment():
     @lm.function
     def prog(s):
@@ -51,7 +54,8 @@ def test_variables_scopes_and_assignment():
     assert state["greeting"] == 42
 
 
-def test_body_runs_ahead_of_the_worker():
+def test_body_runs_ahead_of_the_worker(scripted):
+    scripted.delay = 0.03  # 12 tokens take 0.36 s
     reached_end = threading.Event()
 
     @lm.function
@@ -62,9 +66,12 @@ def test_body_runs_ahead_of_the_worker():
 
     state = prog.run(stream=True)
     assert reached_end.wait(5)
+    assert not state.finished()  # the body ended while the worker still generates
     assert isinstance(state["rest"], str)
+    assert state.get_meta_info("rest")["completion_tokens"] == 12
 
 
+@pytest.mark.usefixtures("scripted")
 def test_nested_forks_gather_lists_of_lists():
     @lm.function
     def prog(s):
@@ -86,6 +93,7 @@ def test_nested_forks_gather_lists_of_lists():
     assert state.text() == "Colors: done"
 
 
+@pytest.mark.usefixtures("scripted")
 def test_fork_children_start_from_the_parent_and_keep_their_own_text():
     @lm.function
     def prog(s):
@@ -111,7 +119,7 @@ def test_roles_with_begin_end_and_the_templates_default_system_prompt(runtime):
         s += lm.user_begin() + "Say hi." + lm.user_end()
         s += lm.assistant_begin() + lm.gen("reply", max_tokens=6) + lm.assistant_end()
 
-    state = chat.run()
+    state = chat.run(backend=runtime)
     head = runtime.chat_template.head
     assert head and state.text().startswith(head)
     assert [m["role"] for m in state.messages()] == ["user", "assistant"]
@@ -120,6 +128,7 @@ def test_roles_with_begin_end_and_the_templates_default_system_prompt(runtime):
     assert state.text() == expected
 
 
+@pytest.mark.usefixtures("scripted")
 def test_state_role_methods_append_whole_messages():
     @lm.function
     def chat(s):
@@ -129,6 +138,7 @@ def test_state_role_methods_append_whole_messages():
     assert [m["content"] for m in chat.run().messages()] == ["Be brief.", "Hi"]
 
 
+@pytest.mark.usefixtures("scripted")
 def test_events_per_stream():
     @lm.function
     def prog(s):
@@ -150,6 +160,7 @@ def test_events_per_stream():
         assert all(e.to_dict()["stream_id"] == child for e in child_events)
 
 
+@pytest.mark.usefixtures("scripted")
 def test_run_batch_with_positional_items_and_a_progress_bar(capsys):
     @lm.function
     def echo(s, word):
@@ -160,6 +171,7 @@ def test_run_batch_with_positional_items_and_a_progress_bar(capsys):
     assert "3/3" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("scripted")
 def test_run_defaults_and_per_call_overrides():
     @lm.function
     def prog(s):
@@ -172,6 +184,7 @@ def test_run_defaults_and_per_call_overrides():
     assert state.get_meta_info("longer")["completion_tokens"] == 5
 
 
+@pytest.mark.usefixtures("scripted")
 def test_logprobs_in_meta_info_when_asked():
     @lm.function
     def prog(s):
@@ -184,5 +197,5 @@ def test_logprobs_in_meta_info_when_asked():
 
 
 def test_flush_cache_and_server_info(runtime):
-    assert lm.flush_cache() is True
+    assert lm.flush_cache() is True  # the default backend: the runtime fixture's
     assert lm.get_server_info()["policy"] == runtime.engine.policy
