@@ -6,6 +6,11 @@ LAB_ARGS ?=
 # Jupyter refuses to run as root without --allow-root (containers often are root)
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
+# The engine's dtype in tests: LMNB_DTYPE=float32|bfloat16 make test (or make test LMNB_DTYPE=...);
+# unset, each engine picks the machine's default. Passed through to pytest unchanged.
+ifneq ($(LMNB_DTYPE),)
+export LMNB_DTYPE
+endif
 
 .PHONY: setup model lab notebook test lint bench clean
 

@@ -1,4 +1,10 @@
-"""Shared fixtures: one default-model engine for the whole session (loading costs seconds)."""
+"""Shared fixtures: one default-model engine for the whole session (loading costs seconds).
+
+`engine` runs in the machine's default dtype (`LMNB_DTYPE` chooses another): behaviour tests
+use it. `engine_fp32` is for tests whose subject is a comparison with a float32 reference
+(transformers' model, logprob tolerances tuned for fp32): the session engine when that is
+already fp32, else a second, smaller engine pinned to fp32.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,18 @@ from lmnb.runtime import Engine
 @pytest.fixture(scope="session")
 def engine() -> Engine:
     eng = Engine(max_tokens_in_cache=16384)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="session")
+def engine_fp32(engine: Engine) -> Engine:
+    import torch
+
+    if engine.dtype == torch.float32:
+        yield engine
+        return
+    eng = Engine(dtype="float32", max_tokens_in_cache=4096)
     yield eng
     eng.shutdown()
 

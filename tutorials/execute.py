@@ -5,11 +5,13 @@
 
 Saved outputs keep each view's static HTML/SVG (what GitHub and nbval show) and drop the
 widget models (`application/vnd.jupyter.widget-view+json` outputs and the notebook's widget
-state), which only a live kernel can draw and which would bloat the files.
+state), which only a live kernel can draw and which would bloat the files. Kernels run with
+`LMNB_DTYPE=float32`: the dtype nbval checks the recorded outputs in (see conftest.py).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +48,7 @@ def execute(path: Path) -> float:
 
 
 def main(names: list[str]) -> None:
+    os.environ["LMNB_DTYPE"] = "float32"  # kernels inherit it
     paths = [HERE / n for n in names] or sorted(HERE.glob("[0-9][0-9]_*.ipynb"))
     for path in paths:
         print(f"{path.name}: {execute(path):.0f} s", flush=True)

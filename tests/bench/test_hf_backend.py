@@ -1,5 +1,8 @@
 """`HFRuntime` honours the engine's parameters: the same greedy tokens, stops, prompt logprobs
-and constrained output as the engine on the default model, and counts what it computed."""
+and constrained output as the engine on the default model, and counts what it computed.
+
+Two implementations agree token for token only in float32: both are pinned to it
+(`engine_fp32`, `HFRuntime(dtype="float32")`), whatever `LMNB_DTYPE` says."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ PROMPT = "The capital of France is Paris. The capital of Italy is"
 
 @pytest.fixture(scope="module")
 def hf() -> HFRuntime:
-    return HFRuntime()
+    return HFRuntime(dtype="float32")
 
 
 def both(engine, hf: HFRuntime, params: SamplingParams, prompt: str = PROMPT):
@@ -23,32 +26,33 @@ def both(engine, hf: HFRuntime, params: SamplingParams, prompt: str = PROMPT):
     return engine.generate(ids, params).result(), hf.generate(ids, params).result()
 
 
-def test_greedy_tokens_match_the_engine(engine, hf: HFRuntime) -> None:
-    ours, theirs = both(engine, hf, SamplingParams(max_new_tokens=12))
+def test_greedy_tokens_match_the_engine(engine_fp32, hf: HFRuntime) -> None:
+    ours, theirs = both(engine_fp32, hf, SamplingParams(max_new_tokens=12))
     assert theirs.output_ids == ours.output_ids and theirs.text == ours.text
     assert theirs.finish_reason == ours.finish_reason
     assert theirs.cached_tokens == 0
 
 
-def test_stop_string_and_min_tokens(engine, hf: HFRuntime) -> None:
-    ours, theirs = both(engine, hf, SamplingParams(max_new_tokens=24, stop=(".",)))
+def test_stop_string_and_min_tokens(engine_fp32, hf: HFRuntime) -> None:
+    ours, theirs = both(engine_fp32, hf, SamplingParams(max_new_tokens=24, stop=(".",)))
     assert theirs.text == ours.text and "." not in theirs.text
     assert theirs.matched_stop == "."
     forced = SamplingParams(max_new_tokens=6, min_new_tokens=6, ignore_eos=True)
     assert hf.generate([1, 2, 3], forced).result().completion_tokens == 6
 
 
-def test_prompt_logprobs_match_the_engine(engine, hf: HFRuntime) -> None:
-    start = len(engine.tokenizer.encode(PROMPT)) - 3
-    ours, theirs = both(engine, hf, SamplingParams(max_new_tokens=0, logprob_start_len=start))
+def test_prompt_logprobs_match_the_engine(engine_fp32, hf: HFRuntime) -> None:
+    start = len(engine_fp32.tokenizer.encode(PROMPT)) - 3
+    params = SamplingParams(max_new_tokens=0, logprob_start_len=start)
+    ours, theirs = both(engine_fp32, hf, params)
     assert len(theirs.prompt_logprobs) == len(ours.prompt_logprobs) == 3
     assert theirs.prompt_logprobs == pytest.approx(ours.prompt_logprobs, abs=1e-3)
     assert theirs.completion_tokens == 0
 
 
-def test_regex_is_enforced(engine, hf: HFRuntime) -> None:
+def test_regex_is_enforced(engine_fp32, hf: HFRuntime) -> None:
     params = SamplingParams(max_new_tokens=16, regex=r"[0-9]{3}-[0-9]{4}")
-    ours, theirs = both(engine, hf, params, "A phone number: ")
+    ours, theirs = both(engine_fp32, hf, params, "A phone number: ")
     assert re.fullmatch(r"[0-9]{3}-[0-9]{4}", theirs.text)
     assert theirs.text == ours.text
 

@@ -85,10 +85,8 @@ PROMPTS = [
 ]
 
 
-def test_greedy_tokens_equal_transformers_generate(engine, hf_default, tokenizer) -> None:
-    if engine.dtype != torch.float32:
-        pytest.skip("greedy parity is checked in fp32")
-    handles = [engine.generate(p, max_new_tokens=32, ignore_eos=True) for p in PROMPTS]
+def test_greedy_tokens_equal_transformers_generate(engine_fp32, hf_default, tokenizer) -> None:
+    handles = [engine_fp32.generate(p, max_new_tokens=32, ignore_eos=True) for p in PROMPTS]
     for prompt, handle in zip(PROMPTS, handles):
         ids = tokenizer.encode(prompt)
         ref = hf_default.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,
