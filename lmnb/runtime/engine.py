@@ -9,10 +9,13 @@ or widgets. What happens to a step's logits (sampling, stops, grammar) lives in 
 
 from __future__ import annotations
 
+import atexit
 import itertools
+import numbers
 import queue
 import threading
 import time
+import weakref
 from types import EllipsisType
 from typing import Any
 
@@ -35,6 +38,16 @@ from lmnb.runtime.stats import EngineStats
 from lmnb.runtime.tokenizer import Tokenizer
 
 DEFAULT_MAX_TOKENS_IN_CACHE = 32768
+
+# Engines whose loop may be running: stopped and joined at interpreter exit, before the
+# runtime finalises (a daemon thread killed inside a torch op aborts the whole process).
+_LIVE_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_engines_at_exit() -> None:
+    for eng in list(_LIVE_ENGINES):
+        eng._stop(timeout=30)
 
 
 class Engine:
@@ -79,26 +92,36 @@ class Engine:
         self._inbox: queue.Queue = queue.Queue()
         self._lock = threading.RLock()
         self._stopped = threading.Event()
+        self._closed: BaseException | None = None  # why the engine takes no more requests
+        self._submit_lock = threading.Lock()  # orders submissions against closing
         self._thread = threading.Thread(target=self._loop, name="lmnb-engine", daemon=True)
         self._thread.start()
+        _LIVE_ENGINES.add(self)
 
     # ---- public API -----------------------------------------------------------------------
 
     def generate(
         self, prompt: str | list[int], params: SamplingParams | None = None, **sampling: Any
     ) -> GenerateHandle:
-        """Submit a request; returns at once with a handle that streams and gives the result."""
-        if self._stopped.is_set():
-            raise RuntimeError("the engine has been shut down")
+        """Submit a request; returns at once with a handle that streams and gives the result.
+
+        Bad input raises here (TypeError or ValueError naming the parameter); after shutdown,
+        or once the loop has died, this raises RuntimeError instead of accepting.
+        """
+        self._check_open()
+        if params is not None and not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
         params = (params or SamplingParams()).merged(**sampling)
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        ids = self._prompt_ids(prompt)
         self._check_fits(ids, params)
         grammar = self._compile_grammar(params)
         rid = next(self._rids)
         handle = GenerateHandle(rid, self._cancel)
         req = Req(rid, ids, params, handle, Detokenizer(self.tokenizer.decode, params.stop),
                   grammar=grammar)
-        self._inbox.put(("add", req))
+        with self._submit_lock:  # closing drains the inbox under this lock: nothing is lost
+            self._check_open()
+            self._inbox.put(("add", req))
         return handle
 
     def stats(self) -> dict[str, Any]:
@@ -142,9 +165,9 @@ class Engine:
             return self._inbox.empty() and not self.scheduler.has_work()
 
     def shutdown(self) -> None:
-        self._stopped.set()
-        self._inbox.put(("wake", None))
-        self._thread.join(timeout=30)
+        """Stop the loop. Every request not finished (running, waiting, or still in the inbox)
+        ends with a RuntimeError; later generate() calls raise."""
+        self._stop(timeout=30)
 
     def __enter__(self) -> Engine:
         return self
@@ -153,6 +176,29 @@ class Engine:
         self.shutdown()
 
     # ---- submission checks ----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise RuntimeError(f"the engine takes no more requests: {self._closed}") \
+                from self._closed
+        if self._stopped.is_set():
+            raise RuntimeError("the engine has been shut down")
+
+    def _prompt_ids(self, prompt: Any) -> list[int]:
+        """A text prompt's token ids, or a list of token ids checked to be ints."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if hasattr(prompt, "tolist") and not isinstance(prompt, (bytes, bytearray)):
+            prompt = prompt.tolist()  # a numpy array or a torch tensor of ids
+        if not isinstance(prompt, (list, tuple)):
+            raise TypeError(f"prompt must be a str or a list of token ids (ints), got "
+                            f"{type(prompt).__name__}")
+        for i, t in enumerate(prompt):
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+                hint = " (to send text, pass one str)" if isinstance(t, str) else ""
+                raise TypeError(f"prompt must be a str or a list of token ids (ints); item {i} "
+                                f"is {t!r} ({type(t).__name__}){hint}")
+        return [int(t) for t in prompt]
 
     def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
         if not ids:
@@ -166,6 +212,10 @@ class Engine:
         if bad:
             raise ValueError(f"token ids out of the vocabulary (size {self.config.vocab_size}): "
                              f"{bad[:5]}")
+        bad = [t for t in params.stop_token_ids if t >= self.config.vocab_size]
+        if bad:
+            raise ValueError(f"stop_token_ids out of the vocabulary (size "
+                             f"{self.config.vocab_size}): {bad[:5]}")
         need = min(len(ids) + params.max_new_tokens, self.max_context)
         if need > self.pool.capacity:
             raise ValueError(
@@ -190,16 +240,22 @@ class Engine:
     # ---- the loop -------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while not self._stopped.is_set():
-            self._drain_inbox(block=not self.scheduler.has_work())
-            with self._lock:
-                step = self.scheduler.next_step()
-            if step is None:
-                if self.scheduler.has_work():
-                    time.sleep(0.001)  # only reachable transiently; avoid a hot spin
-                continue
-            self._run_step(step)
-        self._fail_all(RuntimeError("the engine was shut down"))
+        error: BaseException = RuntimeError("the engine was shut down")
+        try:
+            while not self._stopped.is_set():  # checked between steps: shutdown waits one
+                self._drain_inbox(block=not self.scheduler.has_work())
+                with self._lock:
+                    step = self.scheduler.next_step()
+                if step is None:
+                    if self.scheduler.has_work():
+                        time.sleep(0.001)  # only reachable transiently; avoid a hot spin
+                    continue
+                self._run_step(step)
+        except BaseException as exc:  # a bug in the loop: every request gets it, none hangs
+            error = RuntimeError(f"the engine loop failed: {exc!r}")
+            error.__cause__ = exc
+        finally:
+            self._close(error)
 
     def _drain_inbox(self, block: bool) -> None:
         try:
@@ -218,7 +274,11 @@ class Engine:
         match item:
             case ("add", req):
                 self.stats_.num_requests += 1
-                self.outputs.start(req)
+                try:
+                    self.outputs.start(req)
+                except Exception as exc:  # e.g. the grammar's first forced tokens: this one
+                    req.handle._finish(None, exc)
+                    return
                 self.scheduler.add(req)
             case ("abort", rid):
                 for req in self.scheduler.waiting + self.scheduler.admitted:
@@ -229,24 +289,25 @@ class Engine:
                 pass
 
     def _run_step(self, step: Step) -> None:
-        want = [self.outputs.logit_positions(item) for item in step.items]
-        batch = ForwardBatch.build(
-            step.is_decode,
-            [item.req.row for item in step.items],  # type: ignore[misc]
-            [item.start for item in step.items],
-            [item.ids for item in step.items],
-            [item.slots for item in step.items],
-            want,
-            self.device,
-        )
-        started = time.perf_counter()
         try:
+            want = [self.outputs.logit_positions(item) for item in step.items]
+            batch = ForwardBatch.build(
+                step.is_decode,
+                [item.req.row for item in step.items],  # type: ignore[misc]
+                [item.start for item in step.items],
+                [item.ids for item in step.items],
+                [item.slots for item in step.items],
+                want,
+                self.device,
+            )
+            started = time.perf_counter()
             logits = self.model.forward(batch, self.pool, self.table.table)
         except Exception as exc:  # a failed forward fails its requests, not the engine
-            with self._lock:
+            with self._lock:  # and leaves the cache as before: its K/V is never inserted
                 for item in step.items:
-                    self.scheduler.commit(item, share=False)
+                    self.scheduler.discard(item)
                     item.req.error = RuntimeError(f"model forward failed: {exc!r}")
+                    item.req.error.__cause__ = exc
                     self._finish(item.req)
             return
         with self._lock:
@@ -258,10 +319,51 @@ class Engine:
     def _finish(self, req: Req) -> None:
         self.scheduler.finish(req)
         self.stats_.record_finish(req)
-        self.outputs.deliver(req)
+        try:
+            self.outputs.deliver(req)
+        except Exception as exc:  # building this request's result failed: it alone fails
+            if not req.handle.done():
+                req.handle._finish(None, exc)
+
+    def _stop(self, timeout: float) -> None:
+        """Stop the loop (it checks between steps), wait for it, end every request."""
+        self._stopped.set()
+        self._inbox.put(("wake", None))
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=timeout)
+        _LIVE_ENGINES.discard(self)
+        error = RuntimeError("the engine was shut down")
+        if self._thread.is_alive():  # still inside a step: the loop ends its requests after
+            self._close_inbox(error)
+        else:  # the loop has done this already; again in case it died before its finally
+            self._close(error)
+
+    def _close(self, error: BaseException) -> None:
+        """Refuse new requests; every request in the inbox or the scheduler gets `error`."""
+        self._close_inbox(error)
+        self._fail_all(error)
+
+    def _close_inbox(self, error: BaseException) -> None:
+        with self._submit_lock:
+            if self._closed is None:
+                self._closed = error
+        while True:  # nothing is added after _closed is set (generate checks under the lock)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item[0] == "add" and not item[1].handle.done():
+                item[1].handle._finish(None, error)
 
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:
             for req in self.scheduler.waiting + self.scheduler.admitted:
                 req.error = error
-                self._finish(req)
+                try:
+                    self._finish(req)
+                except Exception:  # the scheduler's state is broken: drop the request
+                    for queue_ in (self.scheduler.waiting, self.scheduler.admitted):
+                        if req in queue_:
+                            queue_.remove(req)
+                if not req.handle.done():
+                    req.handle._finish(None, error)

@@ -36,8 +36,8 @@ class OutputProcessor:
         """Offsets into item.ids whose logits are needed (prompt logprobs, the next token)."""
         req, n = item.req, len(item.ids)
         want = []
-        if req.wants_prompt_logprobs and not req.output_ids:
-            lo = max(req.params.logprob_start_len or 0, 1) - 1
+        lo = req.next_prompt_logprob
+        if lo is not None:  # the scheduler's match stopped at or before lo
             hi = len(req.prompt_ids) - 2
             want = [q - item.start for q in range(max(item.start, lo), min(item.start + n - 1,
                                                                               hi) + 1)]
@@ -50,7 +50,12 @@ class OutputProcessor:
     def process(
         self, step: Step, want: list[list[int]], logits: torch.Tensor, scheduler: Scheduler
     ) -> list[Req]:
-        """Commit the step, sample next tokens; returns the requests that finished."""
+        """Commit the step, sample next tokens; returns the requests that finished.
+
+        An exception while handling one request's logits (prompt logprobs, masks, sampling,
+        grammar, text) ends that request alone, with the exception as its error; its K/V of
+        this step is committed (it was computed), its tokens beyond that never are.
+        """
         done: list[Req] = []
         to_sample: list[tuple[Req, torch.Tensor]] = []
         offset = 0
@@ -60,7 +65,11 @@ class OutputProcessor:
             scheduler.commit(item, share=len(item.ids) > 1 or not req.output_ids)
             rows = logits[offset : offset + len(w)]
             offset += len(w)
-            self._prompt_logprobs(req, item, w, rows)
+            try:
+                self._prompt_logprobs(req, item, w, rows)
+            except Exception as exc:
+                _fail(req, exc, done)
+                continue
             if item.start + len(item.ids) < req.seq_len:
                 continue  # a chunk of a longer extend
             if req.params.max_new_tokens == 0:
@@ -69,19 +78,63 @@ class OutputProcessor:
             else:
                 to_sample.append((req, rows[-1]))
         if to_sample:
-            reqs = [r for r, _ in to_sample]
-            gens = [self._generator(r) for r in reqs]
-            stacked = torch.stack([row for _, row in to_sample])
-            tokens, lps = sample(stacked, [r.params for r in reqs], gens, self._banned(reqs))
-            for req, tok, lp in zip(reqs, tokens, lps):
-                if self._append(req, tok, lp):
+            self._sample(to_sample, done)
+        return done
+
+    def _sample(self, to_sample: list[tuple[Req, torch.Tensor]], done: list[Req]) -> None:
+        """Sample one token for each request and append it; a request whose part fails is
+        put in `done` with its error, the others go on."""
+        reqs, rows, bans = [], [], []
+        for req, row in to_sample:
+            try:
+                bans.append(self._banned_row(req))
+            except Exception as exc:
+                _fail(req, exc, done)
+                continue
+            reqs.append(req)
+            rows.append(row)
+        if not reqs:
+            return
+        gens = [self._generator(r) for r in reqs]
+        states = {id(g): (g, g.get_state()) for g in gens if g is not None}
+        try:
+            results: list = list(zip(*self._sample_rows(reqs, rows, gens, bans)))
+        except Exception:  # find the row that fails: each alone, from the same random state
+            for g, state in states.values():
+                g.set_state(state)
+            results = []
+            for i, req in enumerate(reqs):
+                try:
+                    results.append(next(zip(*self._sample_rows(
+                        [req], rows[i : i + 1], gens[i : i + 1], bans[i : i + 1]))))
+                except Exception as exc:
+                    results.append(exc)
+        for req, res in zip(reqs, results):
+            if isinstance(res, Exception):
+                _fail(req, res, done)
+                continue
+            try:
+                if self._append(req, *res):
                     done.append(req)
                 else:
                     self._stream(req, final=False)
-        return done
+            except Exception as exc:
+                _fail(req, exc, done)
+
+    def _sample_rows(self, reqs: list[Req], rows: list[torch.Tensor],
+                     gens: list[torch.Generator | None], bans: list[np.ndarray | None]):
+        banned = None
+        if any(b is not None for b in bans):
+            # numpy: per-row torch ops on 49k-wide rows stall for ms when the cores are busy
+            banned = np.zeros((len(reqs), self.vocab_size), dtype=np.bool_)
+            for i, b in enumerate(bans):
+                if b is not None:
+                    banned[i] = b
+            banned = torch.from_numpy(banned)
+        return sample(torch.stack(rows), [r.params for r in reqs], gens, banned)
 
     def _prompt_logprobs(self, req: Req, item: ExtendItem, w: list[int], rows: torch.Tensor):
-        if not req.wants_prompt_logprobs or req.output_ids:
+        if req.next_prompt_logprob is None:
             return
         last = len(req.prompt_ids) - 2
         picks = [(j, item.start + off) for j, off in enumerate(w) if item.start + off <= last]
@@ -99,22 +152,20 @@ class OutputProcessor:
             self._seeded[req.rid] = torch.Generator().manual_seed(req.params.seed)
         return self._seeded[req.rid]
 
-    def _banned(self, reqs: list[Req]) -> torch.Tensor | None:
-        """[batch, vocab] bool, True where a token may not be sampled (None: no row bans)."""
-        if not any(r.grammar is not None or r.params.min_new_tokens or r.params.ignore_eos
-                   for r in reqs):
+    def _banned_row(self, req: Req) -> np.ndarray | None:
+        """[vocab] bool, True where a token may not be sampled (None: nothing banned)."""
+        mask_stops = len(req.output_ids) < req.params.min_new_tokens or req.params.ignore_eos
+        if req.grammar is None and not mask_stops:
             return None
-        # numpy: per-row torch ops on 49k-wide rows stall for ms when the cores are busy
-        banned = np.zeros((len(reqs), self.vocab_size), dtype=np.bool_)
-        for i, req in enumerate(reqs):
-            if req.grammar is not None:
-                bitmask = allocate_bitmask(1, self.vocab_size)
-                req.grammar.fill_bitmask(bitmask[0])  # EOS allowed iff the grammar can end
-                banned[i] = ~unpack_bitmask(bitmask, self.vocab_size)[0].numpy()
+        banned = np.zeros(self.vocab_size, dtype=np.bool_)
+        if req.grammar is not None:
+            bitmask = allocate_bitmask(1, self.vocab_size)
+            req.grammar.fill_bitmask(bitmask[0])  # EOS allowed iff the grammar can end
+            banned[:] = ~unpack_bitmask(bitmask, self.vocab_size)[0].numpy()
+        if mask_stops:
             stops = list(req.params.stop_token_ids) + list(self.eos_ids)
-            if len(req.output_ids) < req.params.min_new_tokens or req.params.ignore_eos:
-                banned[i, [s for s in stops if s < self.vocab_size]] = True
-        return torch.from_numpy(banned)
+            banned[[s for s in stops if 0 <= s < self.vocab_size]] = True
+        return banned
 
     def _append(self, req: Req, tok: int, lp: float) -> bool:
         """Add a sampled token (and any forced ones); True when the request has finished."""
@@ -201,3 +252,10 @@ class OutputProcessor:
             matched_stop=req.matched_stop,
         )
         req.handle._finish(result)
+
+
+def _fail(req: Req, exc: Exception, done: list[Req]) -> None:
+    """End req with exc as its error (once; the caller releases it)."""
+    req.error = exc
+    if req not in done:
+        done.append(req)

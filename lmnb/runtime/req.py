@@ -66,5 +66,18 @@ class Req:
         return self.params.logprob_start_len is not None
 
     @property
+    def next_prompt_logprob(self) -> int | None:
+        """The position whose logits give the next prompt logprob still missing (None: none).
+
+        Logits at position q score prompt token q + 1; they start at logprob_start_len - 1
+        and run to the second-to-last prompt position. The count already gathered says where
+        to continue, also after a retraction or a failed admission.
+        """
+        if self.params.logprob_start_len is None:
+            return None
+        q = max(self.params.logprob_start_len, 1) - 1 + len(self.prompt_logprobs)
+        return q if q <= len(self.prompt_ids) - 2 else None
+
+    @property
     def max_total_len(self) -> int:
         return len(self.prompt_ids) + self.params.max_new_tokens

@@ -177,8 +177,8 @@ class Scheduler:
         if row is None:
             return False
         limit = req.seq_len - 1  # at least one token is computed, for its logits
-        if req.wants_prompt_logprobs and not req.admitted:
-            limit = min(limit, max(req.params.logprob_start_len or 0, 1) - 1)
+        if req.next_prompt_logprob is not None:  # every missing prompt logprob gets computed
+            limit = min(limit, req.next_prompt_logprob)
         slots, node = self.cache.match_prefix(req.all_ids[:limit])
         self.cache.inc_lock(node)
         self.table.set(row, 0, slots)
@@ -202,6 +202,20 @@ class Scheduler:
         req.kv_len = item.start + len(item.ids)
         if share:
             self._cache_prefix(req)
+
+    def discard(self, item: ExtendItem) -> None:
+        """After a failed forward: the K/V the request holds outside the tree is not trusted.
+
+        Its slots beyond the tree-held prefix (this step's and any earlier decode step's) go
+        back to the pool, so releasing the request inserts nothing: the tree is as it was.
+        """
+        req = item.req
+        if req.row is None:
+            return
+        end = max(req.kv_len, item.start + len(item.ids))
+        self.pool.free(self.table.get(req.row, end)[req.tree_len :])
+        self.table.set(req.row, req.tree_len, [0] * (end - req.tree_len))
+        req.kv_len = req.tree_len
 
     def _cache_prefix(self, req: Req) -> None:
         """Insert all_ids[:kv_len] into the tree; adopt the tree's slots; move the lock."""
