@@ -106,7 +106,8 @@ class HFRuntime:
         self.model_name = files.name
         self.folder = files.folder
         self.tokenizer = Tokenizer(files.folder)
-        self.dtype = pick_dtype(dtype, pick_device(None))
+        # the dtype an engine with its kernels picks on this machine, for like-for-like runs
+        self.dtype = pick_dtype(dtype, pick_device(None), exact_kernels=True)[0]
         hf = AutoModelForCausalLM.from_pretrained(str(files.folder), dtype=self.dtype)
         self.model = hf.eval()
         self.vocab_size = int(self.model.config.vocab_size)

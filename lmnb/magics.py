@@ -244,11 +244,14 @@ def runtime_status(backend: Any) -> dict[str, Any]:
     """Model, dtype, device, pool use and hit rate of a runtime, as plain data."""
     eng = backend.engine
     st = eng.stats()
+    info = eng.describe()
     return {
-        "model": eng.model_name,
-        "dtype": str(eng.dtype).removeprefix("torch."),
-        "device": str(eng.device),
-        "decode attention": eng.decode_attention,
+        "model": info["model"],
+        "device": info["device"] + (f" ({info['cpu']})" if "cpu" in info else ""),
+        "dtype": f"{info['dtype']} ({info['dtype_reason']})",
+        "exact": ("yes: batch-invariant kernels, cache hits never change an answer"
+                  if info["deterministic"] else "no: " + info["kernels"]),
+        "kernels": f"linear {info['linear']}; attention {info['attention']}",
         "policy": st["policy"],
         "pool": f"{st['capacity'] - st['free_slots']}/{st['capacity']} slots used "
                 f"({st['evictable_slots']} evictable, {st['protected_slots']} in use)",

@@ -1,4 +1,11 @@
-"""Attention over the token-indexed KV pool (pure torch; the reference every kernel must match).
+"""Attention over the token-indexed KV pool in torch: the path where the native kernel is not used.
+
+The engine's exact (batch-invariant) path is the native kernel of `cpu_kernels`
+(csrc/attention.c), which takes extend and decode tokens alike, one query at a time; the model
+calls it directly with the plan's per-token `rows`/`lens`. This module is the torch path (no C
+compiler, a GPU, or an engine built with `deterministic=False`) and the numerical reference the
+kernel is tested against. Its arithmetic depends on the batch (SDPA's blocking, the cascade),
+so it makes no bitwise promise.
 
 Owns the two attention shapes the engine runs: extend (new tokens of each request attend to its
 cached prefix and causally to each other) and decode (one query per request). A step's
@@ -15,10 +22,6 @@ Why it is shaped this way (CPU measurements in benchmarks/, reasons here):
   against the prefix keys, read once, merged with each request's own suffix through the
   softmax's log-sum-exp ("cascade"). Without it, a batch of 64 requests over a 1,000-token
   shared prefix reads 64 copies of the prefix per layer.
-- Other decode steps (no shared prefix) use the compiled kernel of `cpu_kernels` where it is
-  available (fp32 on the CPU): it reads each slot's k/v in place, where the gather would copy
-  them first and then read the copy (at 8 requests x 3,000 tokens of context: 11 ms a layer
-  for gather + SDPA). The torch path below stays the reference and the fallback.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lmnb.runtime import cpu_kernels
 from lmnb.runtime.batch import ForwardBatch
 
 # A common prefix shorter than this is attended per request (the cascade's extra work does not
@@ -64,11 +66,20 @@ class AttentionPlan:
     prefix_slots: torch.Tensor | None  # [prefix_len]: slots every decoding row starts with
     suffix_slots: torch.Tensor | None  # [num_decode * suffix_len]; padding reads slot 0
     suffix_mask: torch.Tensor | None  # [num_decode, 1, 1, suffix_len] bool: real positions
-    rows: torch.Tensor | None = None  # [num_decode] int64: the decoding requests' table rows
-    lens: torch.Tensor | None = None  # [num_decode] int64: their sequence lengths
+    # [num_decode] int64 (per_token: [num_tokens]): the decoding requests' (tokens') table rows
+    rows: torch.Tensor | None = None
+    lens: torch.Tensor | None = None  # likewise: the sequence lengths they attend to
 
     @classmethod
-    def build(cls, batch: ForwardBatch, table: torch.Tensor) -> AttentionPlan:
+    def build(cls, batch: ForwardBatch, table: torch.Tensor,
+              per_token: bool = False) -> AttentionPlan:
+        """per_token: only `rows` and `lens` for every token (query t attends to the slots
+        table[rows[t], :lens[t]]), for the native kernel, which takes extend and decode
+        tokens alike."""
+        if per_token:
+            rows = torch.tensor(batch.rows, device=table.device).repeat_interleave(
+                torch.tensor(batch.extend_lens, device=table.device))
+            return cls([], 0, 0, None, None, None, rows, batch.positions + 1)
         items = list(zip(batch.rows, batch.seq_lens, batch.extend_lens))
         split = len(items)
         while split > 0 and items[split - 1][2] == 1 and items[split - 1][1] > 1:
@@ -174,8 +185,6 @@ def decode_attention(
     scale: float,
     work: Workspace,
 ) -> torch.Tensor:
-    if plan.prefix_slots is None and (kernel := cpu_kernels.decode_attention(q, k_pool)):
-        return kernel(q, k_pool, v_pool, table, plan.rows, plan.lens, scale)
     bsz, heads, dim = q.shape
     kv_heads = k_pool.shape[1]
     k, v = gather(k_pool, v_pool, plan.suffix_slots, work)  # type: ignore[arg-type]

@@ -1,16 +1,17 @@
 """Native CPU kernels: C sources in `csrc/`, compiled on first use and loaded with ctypes.
 
-Owns building a kernel (the system's C compiler, `-O3 -march=native -fopenmp`, into
-`$LMNB_CACHE/kernels/`, keyed by the source and the CPU; a build takes about a second),
-loading it, checking it against the torch path on a probe, and the torch-facing call. Where
-there is no compiler, a build or the probe fails, or `LMNB_NO_KERNELS=1`, the kernel is None
-and the caller keeps its torch path; `status()` says which and why. Knows nothing of the
+Owns building the kernels (the system's C compiler, `-O3 -march=native -fopenmp
+-ffp-contract=off`, into `$LMNB_CACHE/kernels/`, keyed by the source and the CPU; a build
+takes a few seconds), loading them, checking them on probes, and the torch-facing calls.
+Where there is no compiler, a build or a probe fails, or `LMNB_NO_KERNELS=1`, `load()` is
+None and callers keep their torch path; `status()` says which and why. Knows nothing of the
 model, the scheduler or the radix tree.
 
-Kernels:
-- `decode_attention`: one query per request over its slots in the pool, read in place (the
-  torch path first gathers them into a buffer, which at long contexts costs as much as the
-  attention itself: the step is bound by reading the KV cache).
+Kernels (both batch-invariant: a row's or a query's bits never depend on the rest of the batch):
+- `linear`: y = x @ w.T (+ b) over weights packed once in panels (fp32 or bf16); every output
+  element is one FMA chain over k, whatever the number of rows.
+- `attention`: one query token at a time over its request's slots in the pool, read in place;
+  decode steps and extend steps (a query per new token, causal) share the code.
 """
 
 from __future__ import annotations
@@ -32,89 +33,134 @@ import torch
 from lmnb.runtime.loader import cache_root
 
 CSRC = Path(__file__).parent / "csrc"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+# -ffp-contract=off: the compiler may not fuse a*b+c on its own, so each element's arithmetic
+# is exactly what the source says, in every inlined copy of it (see csrc/linear.c).
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
+SOURCES = ("linear", "attention")
+PANEL = 16  # output columns per packed weight panel (csrc/linear.c)
 _lock = threading.Lock()
-_kernel: DecodeAttention | None = None
+_kernels: NativeKernels | None = None
 _status: str | None = None  # None until the first try
+_disabled = False
+
+i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 
 
-class DecodeAttention:
-    """out [batch, heads, dim] for q [batch, heads, dim] over the slots of `table[rows]`."""
+class PackedWeight:
+    """A weight [out, in] in the kernel's panel layout, fp32 or bf16; keeps the bias."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        fn = lib.lmnb_decode_attention
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        fn.argtypes = [ptr, ptr, ptr, ptr, i64, ptr, ptr, i64, i64, i64, i64, ctypes.c_float,
-                       ptr, ctypes.c_int]
-        fn.restype = ctypes.c_int
-        self._fn = fn
+    def __init__(self, data: torch.Tensor, out_features: int, in_features: int,
+                 bias: torch.Tensor | None) -> None:
+        self.data = data  # [panels * in * 16] float32 or bfloat16
+        self.out_features, self.in_features = out_features, in_features
+        self.bias = None if bias is None else bias.float().contiguous()
 
-    def __call__(self, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
-                 table: torch.Tensor, rows: torch.Tensor, lens: torch.Tensor,
-                 scale: float) -> torch.Tensor:
-        batch, heads, dim = q.shape
-        q = q.contiguous()  # a view into the joint qkv projection: a small copy
+
+class NativeKernels:
+    def __init__(self, libs: dict[str, ctypes.CDLL]) -> None:
+        lin = libs["linear"]
+        self._pack = lin.lmnb_pack_weight
+        self._pack.argtypes = [ptr, i64, i64, ptr, cint]
+        self._linear = lin.lmnb_linear
+        self._linear.argtypes = [ptr, i64, i64, ptr, cint, i64, ptr, ptr, cint]
+        self._reference = lin.lmnb_linear_reference
+        self._reference.argtypes = [ptr, i64, i64, ptr, cint, i64, ptr, ptr]
+        att = libs["attention"]
+        self._attention = att.lmnb_attention
+        self._attention.argtypes = [ptr, ptr, ptr, cint, ptr, i64, ptr, ptr, i64, i64, i64, i64,
+                                    ctypes.c_float, ptr, cint]
+        self._attention.restype = cint
+
+    # ---- linear ----------------------------------------------------------------------------
+
+    def pack(self, weight: torch.Tensor, bias: torch.Tensor | None,
+             dtype: torch.dtype) -> PackedWeight:
+        """weight [out, in] -> panels in `dtype` (float32 or bfloat16)."""
+        out_f, in_f = weight.shape
+        w32 = weight.detach().float().contiguous()
+        panels = -(-out_f // PANEL)
+        data = torch.empty(panels * in_f * PANEL, dtype=dtype)
+        self._pack(w32.data_ptr(), out_f, in_f, data.data_ptr(), data.element_size())
+        return PackedWeight(data, out_f, in_f, bias)
+
+    def linear(self, x: torch.Tensor, w: PackedWeight, reference: bool = False) -> torch.Tensor:
+        """x [n, in] (any float dtype) -> y [n, out] float32."""
+        x = x.float().contiguous()
+        y = torch.empty(x.shape[0], w.out_features, dtype=torch.float32)
+        args = (x.data_ptr(), x.shape[0], w.in_features, w.data.data_ptr(),
+                int(w.data.dtype == torch.bfloat16), w.out_features,
+                None if w.bias is None else w.bias.data_ptr(), y.data_ptr())
+        if reference:
+            self._reference(*args)
+        else:
+            self._linear(*args, torch.get_num_threads())
+        return y
+
+    # ---- attention -------------------------------------------------------------------------
+
+    def attention(self, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                  table: torch.Tensor, rows: torch.Tensor, lens: torch.Tensor,
+                  scale: float) -> torch.Tensor:
+        """out [n, heads, dim] fp32 for queries q [n, heads, dim]: query t attends to the
+        slots table[rows[t], :lens[t]]."""
+        num_q, heads, dim = q.shape
+        q = q.float().contiguous()
         for t in (k_pool, v_pool, table, rows, lens):
             if not t.is_contiguous():
-                raise ValueError("decode_attention needs contiguous tensors")
+                raise ValueError("attention needs contiguous tensors")
+        if k_pool.dtype not in (torch.float32, torch.bfloat16) or v_pool.dtype != k_pool.dtype:
+            raise ValueError(f"attention reads fp32 or bf16 pools, not {k_pool.dtype}")
         out = torch.empty_like(q)
-        failed = self._fn(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), table.data_ptr(),
-                          table.stride(0), rows.data_ptr(), lens.data_ptr(), batch, heads,
-                          k_pool.shape[1], dim, scale, out.data_ptr(), torch.get_num_threads())
+        failed = self._attention(
+            q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(),
+            int(k_pool.dtype == torch.bfloat16), table.data_ptr(), table.stride(0),
+            rows.data_ptr(), lens.data_ptr(), num_q, heads, k_pool.shape[1], dim, scale,
+            out.data_ptr(), torch.get_num_threads())
+        if failed == 2:
+            raise ValueError(f"attention needs a head_dim that is a multiple of 16, not {dim}")
         if failed:
-            raise MemoryError("decode_attention: out of memory for its score buffer")
+            raise MemoryError("attention: out of memory for its score buffer")
         return out
 
 
-def decode_attention(q: torch.Tensor, k_pool: torch.Tensor) -> DecodeAttention | None:
-    """The kernel where it applies to these tensors (fp32 on the CPU), else None."""
-    if q.device.type != "cpu" or q.dtype != torch.float32 or k_pool.dtype != torch.float32:
-        return None
-    _ensure_loaded()
-    return _kernel
-
-
-@contextlib.contextmanager
-def disabled() -> Iterator[None]:
-    """The torch path inside the block, in every engine of the process (for side-by-side
-    measurements and tests); the kernel is back afterwards."""
-    global _kernel
-    _ensure_loaded()  # so that it stays off
-    saved, _kernel = _kernel, None
-    try:
-        yield
-    finally:
-        _kernel = saved
-
-
-def prepare(device: torch.device, dtype: torch.dtype) -> str:
-    """Build and load the kernels an engine on `device` in `dtype` will use (so its first
-    decode step does not wait for the compiler); returns the decode attention path in words."""
-    if device.type != "cpu" or dtype != torch.float32:
-        return "torch (the native kernel is for fp32 on the CPU)"
-    _ensure_loaded()
-    return _status or ""
-
-
-def _ensure_loaded() -> None:
+def load() -> NativeKernels | None:
+    """The kernels, built and checked on first use; None where they are unavailable."""
     if _status is None:
         with _lock:
             if _status is None:
                 _load()
+    return None if _disabled else _kernels
+
+
+def status() -> str:
+    load()
+    return "torch (native kernels disabled for a measurement)" if _disabled else str(_status)
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """`load()` is None inside the block (engines built there take their torch path)."""
+    global _disabled
+    load()
+    saved, _disabled = _disabled, True
+    try:
+        yield
+    finally:
+        _disabled = saved
 
 
 def _load() -> None:
-    global _kernel, _status
+    global _kernels, _status
     if os.environ.get("LMNB_NO_KERNELS") == "1":
-        _kernel, _status = None, "torch (LMNB_NO_KERNELS=1)"
+        _kernels, _status = None, "unavailable (LMNB_NO_KERNELS=1)"
         return
     try:
-        kernel = DecodeAttention(ctypes.CDLL(str(_build("decode_attention"))))
-        _probe(kernel)
+        kernels = NativeKernels({name: ctypes.CDLL(str(_build(name))) for name in SOURCES})
+        _probe(kernels)
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        _kernel, _status = None, f"torch (native kernel unavailable: {err})"
+        _kernels, _status = None, f"unavailable ({err})"
         return
-    _kernel, _status = kernel, "native decode attention"
+    _kernels, _status = kernels, "native (compiled, checked on probes)"
 
 
 def _build(name: str) -> Path:
@@ -147,20 +193,38 @@ def _cpu_id() -> bytes:
         return platform.processor().encode()
 
 
-def _probe(kernel: DecodeAttention) -> None:
-    """Compare with a plain softmax on a small random case (GQA, uneven lengths)."""
+def _probe(kernels: NativeKernels) -> None:
+    """Small random cases against torch (values) and against the kernels' own element-by-
+    element reference and themselves row by row (bits): a build that is fast but wrong on this
+    CPU is not used."""
     gen = torch.Generator().manual_seed(0)
+    w, b = torch.randn(40, 48, generator=gen), torch.randn(40, generator=gen)
+    x = torch.randn(13, 48, generator=gen)
+    for dtype in (torch.float32, torch.bfloat16):
+        packed = kernels.pack(w, b, dtype)
+        got = kernels.linear(x, packed)
+        want = torch.nn.functional.linear(x, w.to(dtype).float(), b)
+        if not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
+            raise RuntimeError(f"the compiled linear disagrees with torch on a probe ({dtype})")
+        rows = torch.cat([kernels.linear(x[i : i + 1], packed) for i in range(len(x))])
+        if not (torch.equal(got, kernels.linear(x, packed, reference=True))
+                and torch.equal(got, rows)):
+            raise RuntimeError("the compiled linear is not batch-invariant on a probe")
     heads, kv_heads, dim, slots = 6, 2, 16, 40
     q = torch.randn(3, heads, dim, generator=gen)
     k, v = (torch.randn(slots, kv_heads, dim, generator=gen) for _ in range(2))
     table = torch.randperm(slots, generator=gen).view(4, 10)
     rows, lens = torch.tensor([2, 0, 3]), torch.tensor([10, 1, 7])
-    got = kernel(q, k, v, table, rows, lens, 0.25)
-    for b in range(3):
-        s = table[rows[b], : lens[b]]
+    got = kernels.attention(q, k, v, table, rows, lens, 0.25)
+    for i in range(3):
+        s = table[rows[i], : lens[i]]
         kk = k[s].repeat_interleave(heads // kv_heads, 1)  # [len, heads, dim]
         vv = v[s].repeat_interleave(heads // kv_heads, 1)
-        w = torch.softmax(torch.einsum("hd,lhd->hl", q[b], kk) * 0.25, -1)
-        want = torch.einsum("hl,lhd->hd", w, vv)
-        if not torch.allclose(got[b], want, atol=1e-5, rtol=1e-4):
-            raise RuntimeError("the compiled kernel disagrees with torch on a probe")
+        weights = torch.softmax(torch.einsum("hd,lhd->hl", q[i], kk) * 0.25, -1)
+        want = torch.einsum("hl,lhd->hd", weights, vv)
+        if not torch.allclose(got[i], want, atol=1e-5, rtol=1e-4):
+            raise RuntimeError("the compiled attention disagrees with torch on a probe")
+        alone = kernels.attention(q[i : i + 1], k, v, table, rows[i : i + 1], lens[i : i + 1],
+                                  0.25)
+        if not torch.equal(alone[0], got[i]):
+            raise RuntimeError("the compiled attention is not batch-invariant on a probe")

@@ -1,16 +1,23 @@
-"""Device and dtype choice: bf16 where the hardware runs it natively, fp32 otherwise.
+"""Device and dtype choice, and the CPU facts behind it.
 
-Owns the probe of the CPU's bf16 support. Knows nothing of models or requests.
+Owns which device and dtype an engine runs and why, in words (`Engine.describe()` shows it):
+an explicit `dtype=` wins, then the `LMNB_DTYPE` environment variable, then the default:
+bf16 on a GPU, and on a CPU bf16 only where the CPU has native bf16 (avx512_bf16/AMX) *and*
+the batch-invariant kernels are built and checked on this CPU (their probes run bf16 too);
+fp32 otherwise. bf16 without those kernels changes greedy answers with cache hits, so the
+default never picks it from the CPU's flags alone. Knows nothing of models or requests.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+DTYPE_ENV = "LMNB_DTYPE"
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -19,22 +26,49 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def cpu_has_native_bf16() -> bool:
-    """avx512_bf16 or AMX: bf16 matrix products run faster than fp32 (elsewhere, slower)."""
+def _cpuinfo() -> str:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return ""
+
+
+def cpu_name() -> str:
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def cpu_has_native_bf16() -> bool:
+    """avx512_bf16 or AMX: the CPU has bf16 arithmetic of its own."""
+    flags = _cpuinfo()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def parse_dtype(dtype: str | torch.dtype, source: str = "dtype") -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
+    if not isinstance(dtype, str) or dtype.lower() not in DTYPES:
+        raise ValueError(f"unknown {source} {dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype.lower()]
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device,
+               exact_kernels: bool) -> tuple[torch.dtype, str]:
+    """(dtype, why). exact_kernels: the batch-invariant kernels are available for `device`."""
     if dtype is not None:
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-        return DTYPES[dtype]
-    if device.type == "cuda" or cpu_has_native_bf16():
-        return torch.bfloat16
-    return torch.float32
+        return parse_dtype(dtype), "asked for (dtype=)"
+    if os.environ.get(DTYPE_ENV):
+        return parse_dtype(os.environ[DTYPE_ENV], DTYPE_ENV), f"{DTYPE_ENV} is set"
+    if device.type == "cuda":
+        return torch.bfloat16, "default on a GPU"
+    if not cpu_has_native_bf16():
+        return torch.float32, "default: this CPU has no native bf16 (avx512_bf16/AMX)"
+    if not exact_kernels:
+        return torch.float32, ("default: the CPU has native bf16, but the batch-invariant "
+                               "kernels are unavailable, and bf16 without them changes "
+                               "answers with cache hits")
+    return torch.bfloat16, "default: the CPU has native bf16 and the exact kernels passed"

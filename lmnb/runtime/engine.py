@@ -64,17 +64,22 @@ class Engine:
         max_context: int | None = None,
         aging_steps: int | None = 256,
         seed: int = 0,
+        deterministic: bool | None = None,
     ) -> None:
+        """deterministic: run the batch-invariant kernels, so that greedy answers never depend
+        on cache hits or on the batch (None: wherever they are available, i.e. on the CPU with
+        a C compiler; True: raise where they are not; False: the torch paths)."""
         files = loader.resolve(model)
         self.model_name = files.name
         self.tokenizer = Tokenizer(files.folder)
         self.config = ModelConfig.from_hf(loader.load_config(files.folder))
         self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
+        native = self._pick_kernels(deterministic)
+        self.deterministic = native is not None
+        self.dtype, self.dtype_reason = pick_dtype(dtype, self.device, native is not None)
         self.model = LlamaModel(self.config, loader.load_weights(files.folder), self.dtype,
-                                self.device)
+                                self.device, native=native)
         self.max_context = min(self.config.max_position, max_context or self.config.max_position)
-        self.decode_attention = cpu_kernels.prepare(self.device, self.dtype)  # in words
         cfg = self.config
         num_slots = (max_tokens_in_cache or DEFAULT_MAX_TOKENS_IN_CACHE) + 1  # + padding sink
         self.pool = KVPool(cfg.num_layers, num_slots, cfg.num_kv_heads, cfg.head_dim,
@@ -174,6 +179,45 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+    def describe(self) -> dict[str, Any]:
+        """What this engine runs and why: device, dtype, kernels, weight packing, exactness."""
+        from lmnb.runtime.device import cpu_has_native_bf16, cpu_name
+
+        paths = {lin.path for layer in self.model.layers
+                 for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)}
+        info = {
+            "model": self.model_name,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype_reason": self.dtype_reason,
+            "deterministic": self.deterministic,
+            "kernels": self._kernels_reason,
+            "linear": ", ".join(sorted(paths)),
+            "attention": "native, one query at a time" if self.deterministic else
+                         "torch (SDPA for extend, gather + cascade for decode)",
+        }
+        if self.device.type == "cpu":
+            info["cpu"] = cpu_name()
+            info["native_bf16"] = cpu_has_native_bf16()
+        return info
+
+    def _pick_kernels(self, deterministic: bool | None) -> cpu_kernels.NativeKernels | None:
+        if deterministic is False:
+            self._kernels_reason = "torch paths (deterministic=False)"
+            return None
+        if self.device.type != "cpu":
+            reason = f"the batch-invariant kernels run on the CPU, not on {self.device.type}"
+        else:
+            native = cpu_kernels.load()
+            reason = f"native kernels {cpu_kernels.status()}"
+            if native is not None:
+                self._kernels_reason = reason
+                return native
+        if deterministic:
+            raise ValueError(f"deterministic=True needs the batch-invariant kernels: {reason}")
+        self._kernels_reason = f"torch paths: {reason}"
+        return None
 
     # ---- submission checks ----------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from lmnb.runtime.attention import AttentionPlan, Workspace, attention
 from lmnb.runtime.batch import ForwardBatch
 from lmnb.runtime.config import ModelConfig
+from lmnb.runtime.cpu_kernels import NativeKernels
 from lmnb.runtime.kv_pool import KVPool
 from lmnb.runtime.linear import Linear
 from lmnb.runtime.rope import RotaryTable
@@ -20,18 +21,20 @@ from lmnb.runtime.rope import RotaryTable
 
 class Layer:
     def __init__(self, w: dict[str, torch.Tensor], prefix: str, cfg: ModelConfig,
-                 pack: bool) -> None:
+                 pack: bool, native: NativeKernels | None) -> None:
         a, m = f"{prefix}.self_attn", f"{prefix}.mlp"
         self.input_norm = w[f"{prefix}.input_layernorm.weight"]
         self.post_norm = w[f"{prefix}.post_attention_layernorm.weight"]
         qkv_bias = (
             torch.cat([w[f"{a}.{p}_proj.bias"] for p in "qkv"]) if cfg.qkv_bias else None
         )
-        self.qkv = Linear(torch.cat([w[f"{a}.{p}_proj.weight"] for p in "qkv"]), qkv_bias, pack)
-        self.o = Linear(w[f"{a}.o_proj.weight"], pack=pack)
+        self.qkv = Linear(torch.cat([w[f"{a}.{p}_proj.weight"] for p in "qkv"]), qkv_bias, pack,
+                          native)
+        self.o = Linear(w[f"{a}.o_proj.weight"], None, pack, native)
         self.gate_up = Linear(
-            torch.cat([w[f"{m}.gate_proj.weight"], w[f"{m}.up_proj.weight"]]), pack=pack)
-        self.down = Linear(w[f"{m}.down_proj.weight"], pack=pack)
+            torch.cat([w[f"{m}.gate_proj.weight"], w[f"{m}.up_proj.weight"]]), None, pack,
+            native)
+        self.down = Linear(w[f"{m}.down_proj.weight"], None, pack, native)
 
 
 class LlamaModel:
@@ -42,17 +45,21 @@ class LlamaModel:
         dtype: torch.dtype,
         device: torch.device,
         pack_weights: bool = True,
+        native: NativeKernels | None = None,
     ) -> None:
-        """pack_weights: pre-pack the matrix products' weights where `linear.Linear` can."""
+        """pack_weights: pre-pack the matrix products' weights for oneDNN where `linear.Linear`
+        can. native: run matrix products and attention on the batch-invariant kernels."""
         self.cfg = cfg
         self.dtype = dtype
         self.device = device
         w = {k: v.to(device=device, dtype=dtype) for k, v in weights.items()}
         self.embed = w["model.embed_tokens.weight"]
         self.lm_head = Linear(
-            self.embed if cfg.tie_word_embeddings else w["lm_head.weight"], pack=pack_weights)
+            self.embed if cfg.tie_word_embeddings else w["lm_head.weight"], None, pack_weights,
+            native)
         self.norm = w["model.norm.weight"]
-        self.layers = [Layer(w, f"model.layers.{i}", cfg, pack_weights)
+        self.native = native
+        self.layers = [Layer(w, f"model.layers.{i}", cfg, pack_weights, native)
                        for i in range(cfg.num_layers)]
         self.rope = RotaryTable(cfg, dtype, device)
         self.scale = cfg.head_dim**-0.5
@@ -74,7 +81,7 @@ class LlamaModel:
         n = h.shape[0]
         heads, kv_heads, dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         cos, sin = self.rope.at(batch.positions)  # once for every layer
-        plan = AttentionPlan.build(batch, table)
+        plan = AttentionPlan.build(batch, table, per_token=self.native is not None)
         for i, layer in enumerate(self.layers):
             x = self.rms_norm(h, layer.input_norm)
             qkv = layer.qkv(x)  # [n, q_size + 2 * kv_size]
@@ -84,8 +91,12 @@ class LlamaModel:
             k = qk[:, heads:]  # [n, kv_heads, dim]
             v = qkv[:, self.q_size + self.kv_size :].view(n, kv_heads, dim)
             pool.write(i, batch.out_slots, k, v)
-            o = attention(q, k, v, pool.k[i], pool.v[i], table, plan, self.scale,
-                          self.workspace)
+            if self.native is not None:  # every token, extend or decode, one query at a time
+                o = self.native.attention(q, pool.k[i], pool.v[i], table, plan.rows,
+                                          plan.lens, self.scale).to(h.dtype)
+            else:
+                o = attention(q, k, v, pool.k[i], pool.v[i], table, plan, self.scale,
+                              self.workspace)
             h = h + layer.o(o.reshape(n, self.q_size))
             x = self.rms_norm(h, layer.post_norm)
             gate, up = layer.gate_up(x).chunk(2, dim=-1)

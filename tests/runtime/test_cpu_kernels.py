@@ -1,4 +1,5 @@
-"""The compiled decode attention kernel against the torch path, and its fallback."""
+"""The native kernels: values against torch, bits against themselves (batch invariance), and
+the fallback where they cannot be built."""
 
 from __future__ import annotations
 
@@ -6,72 +7,118 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from lmnb.runtime import attention as A
 from lmnb.runtime import cpu_kernels
 
+DTYPES = [torch.float32, torch.bfloat16]
 
-def _kernel() -> cpu_kernels.DecodeAttention:
+
+@pytest.fixture(scope="module")
+def kernels() -> cpu_kernels.NativeKernels:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the engine uses the torch path (tested elsewhere)")
-    kernel = cpu_kernels.decode_attention(torch.empty(1, 1, 1), torch.empty(1, 1, 1))
-    assert kernel is not None, cpu_kernels.prepare(torch.device("cpu"), torch.float32)
-    return kernel
+    native = cpu_kernels.load()
+    assert native is not None, cpu_kernels.status()
+    return native
 
 
-def _torch_path(q, k_pool, v_pool, table, plan, scale):
-    with cpu_kernels.disabled():  # what the engine runs where the kernel is unavailable
-        assert cpu_kernels.decode_attention(q, k_pool) is None
-        return A.decode_attention(q, k_pool, v_pool, table, plan, scale, A.Workspace())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("out_f,in_f", [(96, 40), (1000, 576), (7, 33)])
+def test_linear_matches_torch_and_is_batch_invariant(kernels, dtype, out_f, in_f) -> None:
+    gen = torch.Generator().manual_seed(out_f + in_f)
+    weight = torch.randn(out_f, in_f, generator=gen).to(dtype)
+    bias = torch.randn(out_f, generator=gen)
+    x = torch.randn(70, in_f, generator=gen).to(dtype)
+    packed = kernels.pack(weight, bias, dtype)
+    assert packed.data.dtype == dtype
+    full = kernels.linear(x, packed)
+    torch.testing.assert_close(full, F.linear(x.float(), weight.float(), bias),
+                               rtol=1e-5, atol=2e-4)
+    # bits: every row alone, in batches of any size, and the element-by-element reference
+    assert torch.equal(full, kernels.linear(x, packed, reference=True))
+    for rows in (1, 2, 5, 6, 7, 13, 48, 49):
+        for start in range(0, len(x) - rows + 1, 23):
+            assert torch.equal(kernels.linear(x[start : start + rows], packed),
+                               full[start : start + rows]), (rows, start)
 
 
+def _reference_attention(q, k_pool, v_pool, table, rows, lens):
+    out = []
+    heads, kv_heads = q.shape[1], k_pool.shape[1]
+    for t in range(len(q)):
+        s = table[rows[t], : lens[t]]
+        kk = k_pool[s].float().repeat_interleave(heads // kv_heads, 1)  # [len, heads, dim]
+        vv = v_pool[s].float().repeat_interleave(heads // kv_heads, 1)
+        w = torch.softmax(torch.einsum("hd,lhd->hl", q[t].float(), kk) * 0.125, -1)
+        out.append(torch.einsum("hl,lhd->hd", w, vv))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (4, 4, 32), (8, 1, 16)])
-def test_the_kernel_matches_the_torch_path(heads: int, kv_heads: int, dim: int) -> None:
-    kernel = _kernel()
+def test_attention_matches_torch(kernels, dtype, heads, kv_heads, dim) -> None:
     gen = torch.Generator().manual_seed(heads * 100 + dim)
-    slots, rows_in_table, width = 3000, 12, 400
-    k_pool = torch.randn(slots, kv_heads, dim, generator=gen)
-    v_pool = torch.randn(slots, kv_heads, dim, generator=gen)
-    table = torch.randint(1, slots, (rows_in_table, width), generator=gen)
+    slots, width = 3000, 400
+    k_pool = torch.randn(slots, kv_heads, dim, generator=gen).to(dtype)
+    v_pool = torch.randn(slots, kv_heads, dim, generator=gen).to(dtype)
+    table = torch.randint(1, slots, (12, width), generator=gen)
     rows = torch.tensor([7, 0, 11, 3, 5])
-    lens = torch.tensor([400, 1, 37, 256, 2])  # uneven: the torch path pads and masks
-    q = torch.randn(len(rows), heads, dim, generator=gen)
-    plan = _plan(table, rows, lens)
-    want = _torch_path(q, k_pool, v_pool, table, plan, 0.125)
-    got = kernel(q, k_pool, v_pool, table, rows, lens, 0.125)
+    lens = torch.tensor([400, 1, 37, 256, 2])
+    q = torch.randn(len(rows), heads, dim, generator=gen).to(dtype)
+    got = kernels.attention(q, k_pool, v_pool, table, rows, lens, 0.125)
+    want = _reference_attention(q, k_pool, v_pool, table, rows, lens)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
-    # and through `decode_attention`, which picks the kernel by itself
-    torch.testing.assert_close(
-        A.decode_attention(q, k_pool, v_pool, table, plan, 0.125, A.Workspace()), want,
-        atol=2e-5, rtol=1e-4)
 
 
-def _plan(table, rows, lens) -> A.AttentionPlan:
-    width = int(lens.max())
-    suffix = table[rows, :width].reshape(-1)
-    mask = (torch.arange(width)[None, :] < lens[:, None])[:, None, None, :]
-    return A.AttentionPlan([], 0, len(rows), None, suffix, mask, rows, lens)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_is_the_same_for_extend_and_decode(kernels, dtype) -> None:
+    """A prompt's queries attended together (an extend: query i sees keys 0..i) give the same
+    bits as each attended alone (decode steps), in any order and batch."""
+    gen = torch.Generator().manual_seed(3)
+    n, heads, kv_heads, dim = 50, 9, 3, 64
+    k_pool = torch.randn(200, kv_heads, dim, generator=gen).to(dtype)
+    v_pool = torch.randn(200, kv_heads, dim, generator=gen).to(dtype)
+    table = torch.zeros(4, 64, dtype=torch.int64)
+    table[2, :n] = torch.randperm(199, generator=gen)[:n] + 1
+    q = torch.randn(n, heads, dim, generator=gen)
+    rows, lens = torch.full((n,), 2), torch.arange(1, n + 1)
+    together = kernels.attention(q, k_pool, v_pool, table, rows, lens, 0.125)
+    for i in (0, 1, 17, n - 1):
+        alone = kernels.attention(q[i : i + 1], k_pool, v_pool, table, rows[i : i + 1],
+                                  lens[i : i + 1], 0.125)
+        assert torch.equal(alone[0], together[i])
+    flipped = kernels.attention(q.flip(0), k_pool, v_pool, table, rows, lens.flip(0), 0.125)
+    assert torch.equal(flipped.flip(0), together)
 
 
-def test_the_kernel_is_skipped_outside_fp32_on_the_cpu() -> None:
-    assert cpu_kernels.decode_attention(torch.empty(1, 1, 1, dtype=torch.bfloat16),
-                                        torch.empty(1, 1, 1, dtype=torch.bfloat16)) is None
-    assert "fp32" in cpu_kernels.prepare(torch.device("cpu"), torch.bfloat16)
+def test_attention_refuses_a_head_dim_it_cannot_take(kernels) -> None:
+    q = torch.randn(1, 2, 8)
+    pool = torch.randn(4, 2, 8)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        kernels.attention(q, pool, pool, torch.zeros(1, 4, dtype=torch.int64),
+                          torch.tensor([0]), torch.tensor([1]), 1.0)
 
 
 def test_without_a_compiler_the_torch_path_is_used(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(cpu_kernels, "_kernel", None)
+    monkeypatch.setattr(cpu_kernels, "_kernels", None)
     monkeypatch.setattr(cpu_kernels, "_status", None)
     monkeypatch.setenv("LMNB_CACHE", str(tmp_path))  # nothing built there yet
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    assert cpu_kernels.decode_attention(torch.empty(1, 1, 1), torch.empty(1, 1, 1)) is None
-    assert "native kernel unavailable" in cpu_kernels.prepare(torch.device("cpu"),
-                                                              torch.float32)
+    assert cpu_kernels.load() is None
+    assert cpu_kernels.status().startswith("unavailable")
 
 
-def test_lmnb_no_kernels_turns_it_off(monkeypatch) -> None:
-    monkeypatch.setattr(cpu_kernels, "_kernel", None)
+def test_lmnb_no_kernels_turns_them_off(monkeypatch) -> None:
+    monkeypatch.setattr(cpu_kernels, "_kernels", None)
     monkeypatch.setattr(cpu_kernels, "_status", None)
     monkeypatch.setenv("LMNB_NO_KERNELS", "1")
-    assert cpu_kernels.decode_attention(torch.empty(1, 1, 1), torch.empty(1, 1, 1)) is None
-    assert cpu_kernels.prepare(torch.device("cpu"), torch.float32) == "torch (LMNB_NO_KERNELS=1)"
+    assert cpu_kernels.load() is None
+    assert cpu_kernels.status() == "unavailable (LMNB_NO_KERNELS=1)"
+
+
+def test_disabled_is_temporary(kernels) -> None:
+    with cpu_kernels.disabled():
+        assert cpu_kernels.load() is None
+        assert "disabled" in cpu_kernels.status()
+    assert cpu_kernels.load() is kernels

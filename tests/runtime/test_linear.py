@@ -1,4 +1,4 @@
-"""Linear: the packed (oneDNN) path and the F.linear fallback give the same products."""
+"""Linear: the native, packed (oneDNN) and F.linear paths give the same products."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmnb.runtime import cpu_kernels
 from lmnb.runtime.linear import Linear
 
 
@@ -17,17 +18,21 @@ def test_products_match_f_linear(rows: int, with_bias: bool) -> None:
     bias = torch.randn(96, generator=gen) if with_bias else None
     x = torch.randn(rows, 40, generator=gen)
     want = F.linear(x, weight, bias)
-    for pack in (True, False):
-        lin = Linear(weight, bias, pack=pack)
-        assert (lin.packed is None) == (lin.weight is not None)
+    paths = [Linear(weight, bias, pack=True), Linear(weight, bias, pack=False)]
+    if (native := cpu_kernels.load()) is not None:
+        paths.append(Linear(weight, bias, native=native))
+    for lin in paths:
         torch.testing.assert_close(lin(x), want, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(Linear(weight, bias)(x.t().contiguous().t()), want,
-                               rtol=1e-5, atol=1e-4)  # a strided input
+        torch.testing.assert_close(lin(x.t().contiguous().t()), want, rtol=1e-5, atol=1e-4)
 
 
-def test_packing_is_used_on_the_cpu_in_fp32_only() -> None:
+def test_each_path_is_used_where_it_applies() -> None:
     weight = torch.randn(8, 4)
     if torch.backends.mkldnn.is_available():
-        assert Linear(weight).packed is not None
-    assert Linear(weight.double()).packed is None  # other dtypes: F.linear
-    assert Linear(weight, pack=False).packed is None
+        assert Linear(weight).path == "onednn"
+    assert Linear(weight.double()).path == "torch"  # other dtypes: F.linear
+    assert Linear(weight, pack=False).path == "torch"
+    if (native := cpu_kernels.load()) is not None:
+        lin = Linear(weight.bfloat16(), native=native)
+        assert lin.path == "native" and lin.weight is None
+        assert lin(torch.randn(2, 4, dtype=torch.bfloat16)).dtype == torch.bfloat16

@@ -1,0 +1,170 @@
+/* Batch-invariant matrix products for the CPU: y[m, n] = sum_k x[m, k] w[n, k] (+ b[n]).
+ *
+ * Why our own: a BLAS picks its kernel, blocking and K-splitting by the shape, so the same row
+ * of x gives different bits when it is multiplied alone (a decode step) or among 37 rows (a
+ * prefill), and in bf16 those bits flip greedy answers. Here every output element is one fused
+ * multiply-add chain over k = 0 .. K-1 starting from 0, whatever the number of rows, the tile
+ * the element falls in, or the thread that computes it; then the bias is added. The vector code
+ * and the scalar tail compute that same chain (fmaf is one correctly rounded FMA, like the
+ * vector instruction), so tiles of any size agree bit for bit.
+ *
+ * Weights are packed once into panels of 16 output columns: packed[p][k][16] (N padded to a
+ * multiple of 16 with zeros), in fp32 or bf16 (bf16 is widened exactly to fp32 as it is read).
+ * x and y are fp32 [M, K] and [M, N], contiguous. Work is split over OpenMP threads by blocks
+ * of rows and columns, never over k.
+ */
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#define PANEL 16 /* output columns a panel holds */
+#define NP 2     /* panels a tile covers (32 columns) */
+#define MR 6     /* rows a tile covers */
+#define COL_BLOCK 4 /* panels a work item covers */
+#define ROW_BLOCK 48 /* rows a work item covers (a multiple of MR) */
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* Pack w [N, K] (fp32) into panels; dst holds ceil(N/16) * K * 16 elements of the given
+ * width (4: fp32, 2: bf16, rounded to nearest even). */
+void lmnb_pack_weight(const float *w, int64_t n, int64_t k, void *dst, int elem_bytes) {
+    const int64_t panels = (n + PANEL - 1) / PANEL;
+#pragma omp parallel for
+    for (int64_t p = 0; p < panels; p++) {
+        for (int64_t kk = 0; kk < k; kk++) {
+            for (int64_t j = 0; j < PANEL; j++) {
+                const int64_t col = p * PANEL + j, at = (p * k + kk) * PANEL + j;
+                const float val = col < n ? w[col * k + kk] : 0.0f;
+                if (elem_bytes == 4) {
+                    ((float *)dst)[at] = val;
+                } else {
+                    uint32_t bits;
+                    memcpy(&bits, &val, sizeof bits);
+                    bits += 0x7FFF + ((bits >> 16) & 1); /* round to nearest even */
+                    ((uint16_t *)dst)[at] = (uint16_t)(bits >> 16);
+                }
+            }
+        }
+    }
+}
+
+/* The scalar chain for one element: the reference the vector tiles reproduce bit for bit. */
+static float chain(const float *x, const void *wp, int64_t k, int bf16, int64_t j) {
+    float acc = 0.0f;
+    for (int64_t kk = 0; kk < k; kk++) {
+        const float wv = bf16 ? bf16_to_f32(((const uint16_t *)wp)[kk * PANEL + j])
+                              : ((const float *)wp)[kk * PANEL + j];
+        acc = fmaf(x[kk], wv, acc);
+    }
+    return acc;
+}
+
+static void store(float *y, int64_t ldy, int64_t row, int64_t col, int64_t n, float v,
+                  const float *bias) {
+    if (col < n) y[row * ldy + col] = bias ? v + bias[col] : v;
+}
+
+#ifdef __AVX512F__
+static inline __m512 load_panel(const void *wp, int64_t kk, int bf16) {
+    if (bf16) {
+        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)wp + kk * PANEL));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    return _mm512_loadu_ps((const float *)wp + kk * PANEL);
+}
+
+/* rows x (NP panels) of y; acc[i][p] lane j holds the chain of element (i, 16p + j). */
+static inline __attribute__((always_inline)) void tile(
+    int rows, const float *x, int64_t k, const void *const wps[NP], int bf16, float *y,
+    int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
+    __m512 acc[MR][NP];
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < NP; p++) acc[i][p] = _mm512_setzero_ps();
+    for (int64_t kk = 0; kk < k; kk++) {
+        __m512 wv[NP];
+        for (int p = 0; p < NP; p++) wv[p] = load_panel(wps[p], kk, bf16);
+        for (int i = 0; i < rows; i++) {
+            const __m512 xv = _mm512_set1_ps(x[i * k + kk]);
+            for (int p = 0; p < NP; p++) acc[i][p] = _mm512_fmadd_ps(xv, wv[p], acc[i][p]);
+        }
+    }
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < NP; p++) {
+            float out[PANEL];
+            _mm512_storeu_ps(out, acc[i][p]);
+            for (int j = 0; j < PANEL; j++)
+                store(y, ldy, row0 + i, col0 + p * PANEL + j, n, out[j], bias);
+        }
+}
+
+static void tile_rows(int rows, const float *x, int64_t k, const void *const wps[NP], int bf16,
+                      float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
+                      const float *bias) {
+    switch (rows) { /* a constant row count per case, so the accumulators stay in registers */
+    case 6: tile(6, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
+    case 5: tile(5, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
+    case 4: tile(4, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
+    case 3: tile(3, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
+    case 2: tile(2, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
+    default: tile(1, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
+    }
+}
+#else
+static void tile_rows(int rows, const float *x, int64_t k, const void *const wps[NP], int bf16,
+                      float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
+                      const float *bias) {
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < NP; p++)
+            for (int j = 0; j < PANEL; j++)
+                store(y, ldy, row0 + i, col0 + p * PANEL + j, n,
+                      chain(x + i * k, wps[p], k, bf16, j), bias);
+}
+#endif
+
+/* y [m, n] = x [m, k] @ w.T (+ bias), w packed by lmnb_pack_weight. */
+void lmnb_linear(const float *x, int64_t m, int64_t k, const void *packed, int bf16, int64_t n,
+                 const float *bias, float *y, int num_threads) {
+    const int64_t panels = (n + PANEL - 1) / PANEL;
+    const int64_t col_blocks = (panels + COL_BLOCK - 1) / COL_BLOCK;
+    const int64_t row_blocks = (m + ROW_BLOCK - 1) / ROW_BLOCK;
+    const int64_t panel_elems = k * PANEL;
+    const int elem = bf16 ? 2 : 4;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(num_threads)
+    for (int64_t rb = 0; rb < row_blocks; rb++) {
+        for (int64_t cb = 0; cb < col_blocks; cb++) {
+            const int64_t p_end = (cb + 1) * COL_BLOCK < panels ? (cb + 1) * COL_BLOCK : panels;
+            const int64_t r_end = (rb + 1) * ROW_BLOCK < m ? (rb + 1) * ROW_BLOCK : m;
+            for (int64_t p = cb * COL_BLOCK; p < p_end; p += NP) {
+                const void *wps[NP];
+                for (int q = 0; q < NP; q++) { /* a missing last panel reads a real one */
+                    const int64_t pp = p + q < panels ? p + q : p;
+                    wps[q] = (const char *)packed + pp * panel_elems * elem;
+                }
+                for (int64_t r = rb * ROW_BLOCK; r < r_end; r += MR) {
+                    const int rows = r_end - r < MR ? (int)(r_end - r) : MR;
+                    /* columns of a duplicated panel are past n or written twice identically */
+                    tile_rows(rows, x + r * k, k, wps, bf16, y, n, r, p * PANEL, n, bias);
+                }
+            }
+        }
+    }
+}
+
+/* Reference: the same chain element by element, no tiles (for tests). */
+void lmnb_linear_reference(const float *x, int64_t m, int64_t k, const void *packed, int bf16,
+                           int64_t n, const float *bias, float *y) {
+    const int elem = bf16 ? 2 : 4;
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t c = 0; c < n; c++) {
+            const void *wp = (const char *)packed + (c / PANEL) * k * PANEL * elem;
+            store(y, n, r, c, n, chain(x + r * k, wp, k, bf16, c % PANEL), bias);
+        }
+}
