@@ -11,7 +11,8 @@ Kernels (both batch-invariant: a row's or a query's bits never depend on the res
 - `linear`: y = x @ w.T (+ b) over weights packed once in panels (fp32 or bf16); every output
   element is one FMA chain over k, whatever the number of rows.
 - `attention`: one query token at a time over its request's slots in the pool, read in place;
-  decode steps and extend steps (a query per new token, causal) share the code.
+  decode steps and extend steps (a query per new token, causal) share the code (an extend's
+  consecutive queries are tiled to share each block of keys, without changing their bits).
 """
 
 from __future__ import annotations
@@ -116,10 +117,8 @@ class NativeKernels:
             int(k_pool.dtype == torch.bfloat16), table.data_ptr(), table.stride(0),
             rows.data_ptr(), lens.data_ptr(), num_q, heads, k_pool.shape[1], dim, scale,
             out.data_ptr(), torch.get_num_threads())
-        if failed == 2:
-            raise ValueError(f"attention needs a head_dim that is a multiple of 16, not {dim}")
         if failed:
-            raise MemoryError("attention: out of memory for its score buffer")
+            raise MemoryError("attention: out of memory for its tile buffers")
         return out
 
 

@@ -56,7 +56,7 @@ def _reference_attention(q, k_pool, v_pool, table, rows, lens):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (4, 4, 32), (8, 1, 16)])
+@pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (4, 4, 32), (8, 1, 24)])
 def test_attention_matches_torch(kernels, dtype, heads, kv_heads, dim) -> None:
     gen = torch.Generator().manual_seed(heads * 100 + dim)
     slots, width = 3000, 400
@@ -90,14 +90,6 @@ def test_attention_is_the_same_for_extend_and_decode(kernels, dtype) -> None:
         assert torch.equal(alone[0], together[i])
     flipped = kernels.attention(q.flip(0), k_pool, v_pool, table, rows, lens.flip(0), 0.125)
     assert torch.equal(flipped.flip(0), together)
-
-
-def test_attention_refuses_a_head_dim_it_cannot_take(kernels) -> None:
-    q = torch.randn(1, 2, 8)
-    pool = torch.randn(4, 2, 8)
-    with pytest.raises(ValueError, match="multiple of 16"):
-        kernels.attention(q, pool, pool, torch.zeros(1, 4, dtype=torch.int64),
-                          torch.tensor([0]), torch.tensor([1]), 1.0)
 
 
 def test_without_a_compiler_the_torch_path_is_used(monkeypatch, tmp_path) -> None:

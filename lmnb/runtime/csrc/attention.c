@@ -2,29 +2,38 @@
  *
  * out[t, h] = softmax(scale * q[t, h] . K[s]) V[s] over the slots s = table[rows[t], 0 ..
  * lens[t]-1]. A decode step has one query per request; an extend step has one per new token,
- * whose len stops at its own position (causal). Both go through the same per-query code, so a
- * token's attention gives the same bits whether it was computed in a prefill of the whole
- * prompt, in an extend over a cached prefix, alone or in a batch, or as a decode step: the
- * arithmetic of one query depends only on its own q and its own keys, never on the others.
- * The code is plain C compiled without -ffast-math and with -ffp-contract=off, so the compiler
- * keeps every operation as written (vectorising only across independent lanes).
+ * whose len stops at its own position (causal). Both go through the same code, so a token's
+ * attention gives the same bits whether it was computed in a prefill of the whole prompt, in
+ * an extend over a cached prefix, alone or in a batch, or as a decode step.
  *
- * Per query: scores over heads x len (a dot product of 16 lanes over dim, then a fixed
- * pairwise sum of the lanes), the max, exp, a sequential sum, then the weighted sum of v rows
- * in key order. Each slot's k (then v) row, kv_heads x dim values, is read once per query,
- * in place (no gather), with rows a few slots ahead prefetched.
+ * The arithmetic of one query and head, which depends only on its own q and its own keys:
+ * keys are taken in blocks of 16 at fixed positions (0-15, 16-31, ...); a score is one FMA
+ * chain over d = 0 .. dim-1, times scale; a block updates a running max m (rescaling the
+ * running sums by exp(m_old - m_new) when it grows), adds exp(score - m) to lane (key % 16)
+ * of the running sum and FMAs the weighted v rows into the output in key order; at the end
+ * the 16 lanes are summed pairwise and the output divided by that sum. exp is our own
+ * (`exp_poly`), so every copy of it computes the same bits. The code is plain C built without
+ * -ffast-math and with -ffp-contract=off: the compiler keeps every operation as written and
+ * vectorises only across independent lanes (keys, or elements of dim).
+ *
+ * Speed: consecutive queries of one request (an extend) form a tile of up to 8 that shares
+ * each block's keys, transposed once into [dim][16] (so a score is a vector FMA per d) and
+ * widened from bf16 once; tiles are spread over OpenMP threads. Tiling changes which queries
+ * are computed together, never a query's own arithmetic.
  *
  * Layouts (all contiguous): q, out [num_q, heads, dim] fp32; k, v [slots, kv_heads, dim] fp32
  * or bf16; table [table_rows, table_stride] int64 slots; rows, lens [num_q] int64.
- * dim must be a multiple of 16.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
-#define LANES 16
-#define AHEAD 8 /* slots prefetched ahead */
+#define BLOCK 16 /* keys per block, one lane each */
+#define TILE 8   /* consecutive queries of one request computed together */
 
 static inline float widen(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
@@ -33,89 +42,263 @@ static inline float widen(uint16_t h) {
     return f;
 }
 
-static inline float lane_sum(float *acc) {
-    for (int width = LANES / 2; width >= 1; width /= 2)
-        for (int l = 0; l < width; l++) acc[l] += acc[l + width];
-    return acc[0];
+static inline float load(const void *base, int bf16, int64_t at) {
+    return bf16 ? widen(((const uint16_t *)base)[at]) : ((const float *)base)[at];
 }
 
-/* q . k over dim in 16 lanes (lane l takes d = l, l + 16, ...), then the lanes pairwise. */
-static inline float dot_f32(const float *q, const float *k, int64_t dim) {
-    float acc[LANES] = {0};
-    for (int64_t d = 0; d < dim; d += LANES)
-        for (int l = 0; l < LANES; l++) acc[l] = fmaf(q[d + l], k[d + l], acc[l]);
-    return lane_sum(acc);
+/* exp(x) for x <= 0 (softmax arguments), relative error ~1e-7; 0 below -87. */
+static inline float exp_poly(float x) {
+    const float xc = x < -87.0f ? -87.0f : x;
+    const float kf = (xc * 1.44269504f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
+    const float r = (xc - kf * 0.693359375f) - kf * -2.12194440e-4f; /* x - k ln 2 */
+    float p = 1.38888889e-3f;
+    p = p * r + 8.33333333e-3f;
+    p = p * r + 4.16666667e-2f;
+    p = p * r + 1.66666667e-1f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const int32_t bits = ((int32_t)kf + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return x < -87.0f ? 0.0f : p * scale;
 }
 
-static inline float dot_bf16(const float *q, const uint16_t *k, int64_t dim) {
-    float acc[LANES] = {0};
-    for (int64_t d = 0; d < dim; d += LANES)
-        for (int l = 0; l < LANES; l++) acc[l] = fmaf(q[d + l], widen(k[d + l]), acc[l]);
-    return lane_sum(acc);
-}
+typedef struct { /* one query and head */
+    float max;
+    float sum[BLOCK];
+} Running;
 
-static void prefetch_row(const char *row, int64_t bytes) {
-    for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(row + i, 0, 0);
-}
+#define CHAINS 8 /* (query, head) pairs whose score chains run interleaved */
 
-static void one_query(const float *q, const void *k, const void *v, int bf16,
-                      const int64_t *slots, int64_t len, int64_t heads, int64_t kv_heads,
-                      int64_t dim, float scale, float *scores, float *out) {
-    const int64_t group = heads / kv_heads, row = kv_heads * dim;
-    const int64_t row_bytes = row * (bf16 ? 2 : 4);
-    const char *kb = k, *vb = v;
-    for (int64_t j = 0; j < len; j++) { /* scores [heads, len] */
-        if (j + AHEAD < len) prefetch_row(kb + slots[j + AHEAD] * row_bytes, row_bytes);
-        for (int64_t h = 0; h < heads; h++) {
-            const int64_t at = slots[j] * row + (h / group) * dim;
-            const float dot = bf16 ? dot_bf16(q + h * dim, (const uint16_t *)k + at, dim)
-                                   : dot_f32(q + h * dim, (const float *)k + at, dim);
-            scores[h * len + j] = dot * scale;
+/* Scores of one block's 16 keys for `count` (query, head) pairs: s[p][l] = scale * (FMA chain
+ * of q_p . k_l over d). Pairs go CHAINS at a time so that their chains overlap in the FMA
+ * pipeline (one chain alone waits on each FMA's latency). */
+static void scores(const float *const *qs, int count, const float *kt, int64_t dim, float scale,
+                   float (*s)[BLOCK]) {
+    for (int first = 0; first < count; first += CHAINS) {
+        const int n = count - first < CHAINS ? count - first : CHAINS;
+#ifdef __AVX512F__
+        __m512 acc[CHAINS];
+        for (int p = 0; p < CHAINS; p++) acc[p] = _mm512_setzero_ps();
+        const float *qp[CHAINS];
+        for (int p = 0; p < CHAINS; p++) qp[p] = qs[first + (p < n ? p : 0)];
+        for (int64_t d = 0; d < dim; d++) {
+            const __m512 kd = _mm512_loadu_ps(kt + d * BLOCK);
+            for (int p = 0; p < CHAINS; p++)
+                acc[p] = _mm512_fmadd_ps(_mm512_set1_ps(qp[p][d]), kd, acc[p]);
         }
-    }
-    for (int64_t h = 0; h < heads; h++) { /* softmax, the sum in key order */
-        float *sh = scores + h * len, top = -INFINITY, total = 0.0f;
-        for (int64_t j = 0; j < len; j++) top = sh[j] > top ? sh[j] : top;
-        for (int64_t j = 0; j < len; j++) {
-            sh[j] = expf(sh[j] - top);
-            total += sh[j];
-        }
-        for (int64_t j = 0; j < len; j++) sh[j] /= total;
-    }
-    for (int64_t i = 0; i < heads * dim; i++) out[i] = 0.0f;
-    for (int64_t j = 0; j < len; j++) { /* the weighted sum of v rows, in key order */
-        if (j + AHEAD < len) prefetch_row(vb + slots[j + AHEAD] * row_bytes, row_bytes);
-        for (int64_t h = 0; h < heads; h++) {
-            const int64_t at = slots[j] * row + (h / group) * dim;
-            const float w = scores[h * len + j];
-            float *oh = out + h * dim;
-            if (bf16) {
-                const uint16_t *vh = (const uint16_t *)v + at;
-                for (int64_t d = 0; d < dim; d++) oh[d] = fmaf(w, widen(vh[d]), oh[d]);
-            } else {
-                const float *vh = (const float *)v + at;
-                for (int64_t d = 0; d < dim; d++) oh[d] = fmaf(w, vh[d], oh[d]);
+        for (int p = 0; p < n; p++)
+            _mm512_storeu_ps(s[first + p], _mm512_mul_ps(acc[p], _mm512_set1_ps(scale)));
+#else
+        float acc[CHAINS][BLOCK] = {{0}};
+        for (int64_t d = 0; d < dim; d++) {
+            const float *kd = kt + d * BLOCK;
+            for (int p = 0; p < n; p++) {
+                const float qd = qs[first + p][d];
+                for (int l = 0; l < BLOCK; l++) acc[p][l] = fmaf(qd, kd[l], acc[p][l]);
             }
         }
+        for (int p = 0; p < n; p++)
+            for (int l = 0; l < BLOCK; l++) s[first + p][l] = acc[p][l] * scale;
+#endif
     }
+}
+
+/* One block for one query and head, given its scores: the running max (rescaling the sums
+ * and the output when it grows), then s becomes the weights exp(s - max), 0 past `valid`. */
+static void update(float *s, int valid, int64_t dim, Running *run, float *acc) {
+    float top = run->max;
+    for (int l = 0; l < BLOCK; l++) {
+        s[l] = l < valid ? s[l] : -INFINITY;
+        top = s[l] > top ? s[l] : top;
+    }
+    if (top > run->max) {
+        const float f = exp_poly(run->max - top);
+        for (int64_t d = 0; d < dim; d++) acc[d] *= f;
+        for (int l = 0; l < BLOCK; l++) run->sum[l] *= f;
+        run->max = top;
+    }
+    for (int l = 0; l < BLOCK; l++) {
+        s[l] = exp_poly(s[l] - top);
+        run->sum[l] += s[l];
+    }
+}
+
+#ifdef __AVX512F__
+static inline __m512 load16(const void *base, int bf16, int64_t at) { /* 16 values as fp32 */
+    if (bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + at))),
+            16));
+    return _mm512_loadu_ps((const float *)base + at);
+}
+#endif
+
+#define VPAIRS 4 /* pairs whose weighted sums run together, sharing each v row */
+
+/* acc_p[d] = fma(w_p[l], v_l[d], acc_p[d]) for l = 0 .. 15 in order, for `count` pairs that
+ * read the same 16 v rows (weights past a query's keys are 0, adding exactly nothing). */
+static void weighted_sum(float *const *accs, const float *const *ws, int count, const void *v,
+                         int bf16, const int64_t *slots, int64_t row, int64_t off, int64_t dim) {
+#ifdef __AVX512F__
+    if (dim % 16 == 0) {
+        int first = 0;
+        if (dim == 64) /* the common head size: constant trip counts keep acc in registers */
+            for (; first + VPAIRS <= count; first += VPAIRS) {
+                __m512 acc[VPAIRS][4];
+                for (int p = 0; p < VPAIRS; p++)
+                    for (int j = 0; j < 4; j++)
+                        acc[p][j] = _mm512_loadu_ps(accs[first + p] + 16 * j);
+                for (int l = 0; l < BLOCK; l++) {
+                    const int64_t at = slots[l] * row + off;
+                    __m512 vl[4];
+                    for (int j = 0; j < 4; j++) vl[j] = load16(v, bf16, at + 16 * j);
+                    for (int p = 0; p < VPAIRS; p++) {
+                        const __m512 w = _mm512_set1_ps(ws[first + p][l]);
+                        for (int j = 0; j < 4; j++)
+                            acc[p][j] = _mm512_fmadd_ps(w, vl[j], acc[p][j]);
+                    }
+                }
+                for (int p = 0; p < VPAIRS; p++)
+                    for (int j = 0; j < 4; j++)
+                        _mm512_storeu_ps(accs[first + p] + 16 * j, acc[p][j]);
+            }
+        for (; first < count; first += VPAIRS) {
+            const int n = count - first < VPAIRS ? count - first : VPAIRS;
+            for (int64_t d0 = 0; d0 < dim; d0 += 64) {
+                const int nv = dim - d0 < 64 ? (int)((dim - d0) / 16) : 4;
+                __m512 acc[VPAIRS][4];
+                for (int p = 0; p < n; p++)
+                    for (int j = 0; j < nv; j++)
+                        acc[p][j] = _mm512_loadu_ps(accs[first + p] + d0 + 16 * j);
+                for (int l = 0; l < BLOCK; l++) {
+                    const int64_t at = slots[l] * row + off + d0;
+                    __m512 vl[4];
+                    for (int j = 0; j < nv; j++) vl[j] = load16(v, bf16, at + 16 * j);
+                    for (int p = 0; p < n; p++) {
+                        const __m512 w = _mm512_set1_ps(ws[first + p][l]);
+                        for (int j = 0; j < nv; j++)
+                            acc[p][j] = _mm512_fmadd_ps(w, vl[j], acc[p][j]);
+                    }
+                }
+                for (int p = 0; p < n; p++)
+                    for (int j = 0; j < nv; j++)
+                        _mm512_storeu_ps(accs[first + p] + d0 + 16 * j, acc[p][j]);
+            }
+        }
+        return;
+    }
+#endif
+    for (int p = 0; p < count; p++)
+        for (int l = 0; l < BLOCK; l++) {
+            const int64_t at = slots[l] * row + off;
+            const float w = ws[p][l];
+            float *acc = accs[p];
+            for (int64_t d = 0; d < dim; d++) acc[d] = fmaf(w, load(v, bf16, at + d), acc[d]);
+        }
+}
+
+static float lane_sum(const float *lanes) {
+    float t[BLOCK];
+    memcpy(t, lanes, sizeof t);
+    for (int width = BLOCK / 2; width >= 1; width /= 2)
+        for (int l = 0; l < width; l++) t[l] += t[l + width];
+    return t[0];
+}
+
+/* Queries first .. first+count-1, all of one request (table row `slots`). */
+static int tile(const float *q, const void *k, const void *v, int bf16, const int64_t *slots,
+                const int64_t *lens, int count, int64_t heads, int64_t kv_heads, int64_t dim,
+                float scale, float *out) {
+    const int64_t group = heads / kv_heads, row = kv_heads * dim;
+    int64_t longest = 0;
+    for (int i = 0; i < count; i++) longest = lens[i] > longest ? lens[i] : longest;
+    float *kt = malloc(sizeof(float) * (size_t)(dim * BLOCK));
+    Running *runs = malloc(sizeof(Running) * (size_t)(count * heads));
+    float (*s)[BLOCK] = malloc(sizeof(float) * BLOCK * (size_t)(count * group));
+    const float **qs = malloc(sizeof(float *) * (size_t)(count * group));
+    int *pair_query = malloc(sizeof(int) * (size_t)(count * group));
+    float **accs = malloc(sizeof(float *) * (size_t)(count * group));
+    const float **ws = malloc(sizeof(float *) * (size_t)(count * group));
+    if (kt == NULL || runs == NULL || s == NULL || qs == NULL || pair_query == NULL
+        || accs == NULL || ws == NULL) {
+        free(accs);
+        free((void *)ws);
+        free(kt);
+        free(runs);
+        free(s);
+        free(qs);
+        free(pair_query);
+        return 1;
+    }
+    for (int64_t i = 0; i < count * heads * dim; i++) out[i] = 0.0f; /* the accumulators */
+    for (int64_t i = 0; i < count * heads; i++) {
+        runs[i].max = -INFINITY;
+        for (int l = 0; l < BLOCK; l++) runs[i].sum[l] = 0.0f;
+    }
+    int64_t block_slots[BLOCK];
+    for (int64_t start = 0; start < longest; start += BLOCK) {
+        const int present = longest - start < BLOCK ? (int)(longest - start) : BLOCK;
+        for (int l = 0; l < BLOCK; l++) block_slots[l] = l < present ? slots[start + l] : 0;
+        for (int64_t g = 0; g < kv_heads; g++) {
+            for (int l = 0; l < BLOCK; l++) /* transpose: kt[d][l] = k[slot_l][g][d] */
+                for (int64_t d = 0; d < dim; d++)
+                    kt[d * BLOCK + l] = load(k, bf16, block_slots[l] * row + g * dim + d);
+            int pairs = 0; /* the (query, head) pairs of this kv head that see the block */
+            for (int i = 0; i < count; i++) {
+                if (lens[i] <= start) continue;
+                for (int64_t h = g * group; h < (g + 1) * group; h++) {
+                    qs[pairs] = q + (i * heads + h) * dim;
+                    pair_query[pairs++] = i;
+                }
+            }
+            scores(qs, pairs, kt, dim, scale, s);
+            for (int p = 0; p < pairs; p++) {
+                const int i = pair_query[p];
+                const int64_t h = g * group + p % group;
+                const int valid = lens[i] - start < BLOCK ? (int)(lens[i] - start) : BLOCK;
+                accs[p] = out + (i * heads + h) * dim;
+                ws[p] = s[p];
+                update(s[p], valid, dim, &runs[i * heads + h], accs[p]);
+            }
+            weighted_sum(accs, ws, pairs, v, bf16, block_slots, row, g * dim, dim);
+        }
+    }
+    for (int64_t i = 0; i < count * heads; i++) {
+        const float total = lane_sum(runs[i].sum);
+        for (int64_t d = 0; d < dim; d++) out[i * dim + d] /= total;
+    }
+    free(kt);
+    free(runs);
+    free(s);
+    free(qs);
+    free(pair_query);
+    free(accs);
+    free((void *)ws);
+    return 0;
 }
 
 int lmnb_attention(const float *q, const void *k, const void *v, int bf16,
                    const int64_t *table, int64_t table_stride, const int64_t *rows,
                    const int64_t *lens, int64_t num_q, int64_t heads, int64_t kv_heads,
                    int64_t dim, float scale, float *out, int num_threads) {
-    if (dim % LANES != 0) return 2;
+    /* tiles: runs of up to TILE consecutive queries that share a table row */
+    int64_t *starts = malloc(sizeof(int64_t) * (size_t)(num_q + 1));
+    if (starts == NULL) return 1;
+    int64_t num_tiles = 0;
+    for (int64_t t = 0; t < num_q; t++)
+        if (t == 0 || rows[t] != rows[t - 1] || t - starts[num_tiles - 1] == TILE)
+            starts[num_tiles++] = t;
+    starts[num_tiles] = num_q;
     int failed = 0;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
-    for (int64_t t = 0; t < num_q; t++) {
-        float *scores = malloc(sizeof(float) * (size_t)(lens[t] * heads));
-        if (scores == NULL) {
+    for (int64_t i = 0; i < num_tiles; i++) {
+        const int64_t t = starts[i];
+        if (tile(q + t * heads * dim, k, v, bf16, table + rows[t] * table_stride, lens + t,
+                 (int)(starts[i + 1] - t), heads, kv_heads, dim, scale, out + t * heads * dim))
             failed = 1;
-            continue;
-        }
-        one_query(q + t * heads * dim, k, v, bf16, table + rows[t] * table_stride, lens[t],
-                  heads, kv_heads, dim, scale, scores, out + t * heads * dim);
-        free(scores);
     }
+    free(starts);
     return failed;
 }
