@@ -279,7 +279,8 @@ def test_submit_racing_shutdown_never_hangs() -> None:
 EXITING = textwrap.dedent("""
     import sys
     from lmnb.runtime import Engine
-    eng = Engine(max_tokens_in_cache=2048)
+    # the default (native kernels where they load) and the torch paths, inside a C++ op at exit
+    eng = Engine(max_tokens_in_cache=2048, deterministic=None if sys.argv[2] == "1" else False)
     handle = eng.generate("Count to a thousand:", max_new_tokens=1500, ignore_eos=True)
     next(iter(handle))  # it is generating
     if sys.argv[1] == "exit":
@@ -291,9 +292,9 @@ EXITING = textwrap.dedent("""
 def test_process_exit_while_generating_keeps_its_status(tmp_path) -> None:
     script = tmp_path / "exiting.py"
     script.write_text(EXITING)
-    procs = {how: subprocess.Popen([sys.executable, str(script), how], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-             for how in ("exit", "raise")}
+    procs = {how: subprocess.Popen([sys.executable, str(script), how, native],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for how, native in (("exit", "1"), ("raise", "0"))}
     out = {how: p.communicate(timeout=180) for how, p in procs.items()}
     for how, rc in (("exit", 3), ("raise", 1)):
         _, err = out[how]
