@@ -51,10 +51,12 @@ class PackedWeight:
     """A weight [out, in] in the kernel's panel layout, fp32 or bf16; keeps the bias."""
 
     def __init__(self, data: torch.Tensor, out_features: int, in_features: int,
-                 bias: torch.Tensor | None) -> None:
+                 bias: torch.Tensor | None, pairs: bool = False) -> None:
         self.data = data  # [panels * in * 16] float32 or bfloat16
         self.out_features, self.in_features = out_features, in_features
         self.bias = None if bias is None else bias.float().contiguous()
+        # bf16 pairs for the CPU's bf16 dot product (csrc/linear.c, lmnb_linear_pairs)
+        self.pairs = pairs
 
 
 class NativeKernels:
@@ -66,6 +68,14 @@ class NativeKernels:
         self._linear.argtypes = [ptr, i64, i64, ptr, cint, i64, ptr, ptr, cint]
         self._reference = lin.lmnb_linear_reference
         self._reference.argtypes = [ptr, i64, i64, ptr, cint, i64, ptr, ptr]
+        self._pack_pairs = lin.lmnb_pack_pairs
+        self._pack_pairs.argtypes = [ptr, i64, i64, ptr]
+        self._linear_pairs = lin.lmnb_linear_pairs
+        self._linear_pairs.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, cint]
+        self._linear_pairs.restype = cint
+        # bf16 weights multiply bf16 activations with the CPU's bf16 dot product where it has
+        # one (avx512_bf16); elsewhere they are widened to fp32 chains
+        self.bf16_pairs = bool(lin.lmnb_has_pairs())
         att = libs["attention"]
         self._attention = att.lmnb_attention
         self._attention.argtypes = [ptr, ptr, ptr, cint, ptr, i64, ptr, ptr, i64, i64, i64, i64,
@@ -81,16 +91,27 @@ class NativeKernels:
         w32 = weight.detach().float().contiguous()
         panels = -(-out_f // PANEL)
         data = torch.empty(panels * in_f * PANEL, dtype=dtype)
+        if dtype == torch.bfloat16 and self.bf16_pairs and in_f % 2 == 0:
+            self._pack_pairs(w32.data_ptr(), out_f, in_f, data.data_ptr())
+            return PackedWeight(data, out_f, in_f, bias, pairs=True)
         self._pack(w32.data_ptr(), out_f, in_f, data.data_ptr(), data.element_size())
         return PackedWeight(data, out_f, in_f, bias)
 
     def linear(self, x: torch.Tensor, w: PackedWeight, reference: bool = False) -> torch.Tensor:
-        """x [n, in] (any float dtype) -> y [n, out] float32."""
-        x = x.float().contiguous()
+        """x [n, in] (any float dtype) -> y [n, out] float32. With bf16 pairs, x is rounded
+        to bf16 (exact for a bf16 model's activations)."""
         y = torch.empty(x.shape[0], w.out_features, dtype=torch.float32)
+        bias = None if w.bias is None else w.bias.data_ptr()
+        if w.pairs:
+            if reference:
+                raise ValueError("the bf16 pair path has no element-by-element reference")
+            x = x.to(torch.bfloat16).contiguous()
+            self._linear_pairs(x.data_ptr(), x.shape[0], w.in_features, w.data.data_ptr(),
+                               w.out_features, bias, y.data_ptr(), torch.get_num_threads())
+            return y
+        x = x.float().contiguous()
         args = (x.data_ptr(), x.shape[0], w.in_features, w.data.data_ptr(),
-                int(w.data.dtype == torch.bfloat16), w.out_features,
-                None if w.bias is None else w.bias.data_ptr(), y.data_ptr())
+                int(w.data.dtype == torch.bfloat16), w.out_features, bias, y.data_ptr())
         if reference:
             self._reference(*args)
         else:
@@ -201,13 +222,14 @@ def _probe(kernels: NativeKernels) -> None:
     x = torch.randn(13, 48, generator=gen)
     for dtype in (torch.float32, torch.bfloat16):
         packed = kernels.pack(w, b, dtype)
-        got = kernels.linear(x, packed)
-        want = torch.nn.functional.linear(x, w.to(dtype).float(), b)
+        xd = x.to(dtype)
+        got = kernels.linear(xd, packed)
+        want = torch.nn.functional.linear(xd.float(), w.to(dtype).float(), b)
         if not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
             raise RuntimeError(f"the compiled linear disagrees with torch on a probe ({dtype})")
-        rows = torch.cat([kernels.linear(x[i : i + 1], packed) for i in range(len(x))])
-        if not (torch.equal(got, kernels.linear(x, packed, reference=True))
-                and torch.equal(got, rows)):
+        rows = torch.cat([kernels.linear(xd[i : i + 1], packed) for i in range(len(x))])
+        same = packed.pairs or torch.equal(got, kernels.linear(xd, packed, reference=True))
+        if not (same and torch.equal(got, rows)):
             raise RuntimeError("the compiled linear is not batch-invariant on a probe")
     heads, kv_heads, dim, slots = 6, 2, 16, 40
     q = torch.randn(3, heads, dim, generator=gen)

@@ -129,6 +129,110 @@ static void tile_rows(int rows, const float *x, int64_t k, const void *const wps
 }
 #endif
 
+#ifdef __AVX512BF16__
+/* bf16 activations times bf16 weights with the CPU's bf16 dot product (avx512_bf16): each
+ * instruction adds two products, x[2i] w[2i] and x[2i+1] w[2i+1], to an fp32 lane, so an
+ * element is one chain of these pair steps over i = 0 .. K/2-1, whatever the tile. Weights are
+ * packed in pairs: packed[p][i][16][2] (lmnb_pack_pairs); K must be even. Twice the products
+ * per instruction of the fp32 chain; the bits differ from it (another arithmetic), but depend
+ * on nothing but the row, like it. */
+static inline __attribute__((always_inline)) void tile_pairs(
+    int rows, const uint16_t *x, int64_t k, const void *const wps[NP], float *y, int64_t ldy,
+    int64_t row0, int64_t col0, int64_t n, const float *bias) {
+    __m512 acc[MR][NP];
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < NP; p++) acc[i][p] = _mm512_setzero_ps();
+    for (int64_t kk = 0; kk < k / 2; kk++) {
+        __m512bh wv[NP];
+        for (int p = 0; p < NP; p++)
+            wv[p] = (__m512bh)_mm512_loadu_si512((const uint16_t *)wps[p] + kk * 2 * PANEL);
+        for (int i = 0; i < rows; i++) {
+            int32_t pair;
+            memcpy(&pair, x + i * k + 2 * kk, sizeof pair);
+            const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
+            for (int p = 0; p < NP; p++) acc[i][p] = _mm512_dpbf16_ps(acc[i][p], xv, wv[p]);
+        }
+    }
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < NP; p++) {
+            float out[PANEL];
+            _mm512_storeu_ps(out, acc[i][p]);
+            for (int j = 0; j < PANEL; j++)
+                store(y, ldy, row0 + i, col0 + p * PANEL + j, n, out[j], bias);
+        }
+}
+
+static void tile_pairs_rows(int rows, const uint16_t *x, int64_t k, const void *const wps[NP],
+                            float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
+                            const float *bias) {
+    switch (rows) {
+    case 6: tile_pairs(6, x, k, wps, y, ldy, row0, col0, n, bias); break;
+    case 5: tile_pairs(5, x, k, wps, y, ldy, row0, col0, n, bias); break;
+    case 4: tile_pairs(4, x, k, wps, y, ldy, row0, col0, n, bias); break;
+    case 3: tile_pairs(3, x, k, wps, y, ldy, row0, col0, n, bias); break;
+    case 2: tile_pairs(2, x, k, wps, y, ldy, row0, col0, n, bias); break;
+    default: tile_pairs(1, x, k, wps, y, ldy, row0, col0, n, bias); break;
+    }
+}
+#endif
+
+/* 1 where this build has the bf16 pair path (lmnb_pack_pairs, lmnb_linear_pairs). */
+int lmnb_has_pairs(void) {
+#ifdef __AVX512BF16__
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Pack w [N, K] (fp32, K even) into bf16 pair panels: dst[p][i][j][2] = w[16p + j][2i + e]. */
+void lmnb_pack_pairs(const float *w, int64_t n, int64_t k, uint16_t *dst) {
+    const int64_t panels = (n + PANEL - 1) / PANEL;
+#pragma omp parallel for
+    for (int64_t p = 0; p < panels; p++)
+        for (int64_t kk = 0; kk < k; kk++)
+            for (int64_t j = 0; j < PANEL; j++) {
+                const int64_t col = p * PANEL + j;
+                const float val = col < n ? w[col * k + kk] : 0.0f;
+                uint32_t bits;
+                memcpy(&bits, &val, sizeof bits);
+                bits += 0x7FFF + ((bits >> 16) & 1); /* round to nearest even */
+                dst[((p * (k / 2) + kk / 2) * PANEL + j) * 2 + kk % 2] = (uint16_t)(bits >> 16);
+            }
+}
+
+/* y [m, n] = x [m, k] (bf16) @ w.T (+ bias), w packed by lmnb_pack_pairs; 1 if unsupported. */
+int lmnb_linear_pairs(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed,
+                      int64_t n, const float *bias, float *y, int num_threads) {
+#ifdef __AVX512BF16__
+    const int64_t panels = (n + PANEL - 1) / PANEL;
+    const int64_t col_blocks = (panels + COL_BLOCK - 1) / COL_BLOCK;
+    const int64_t row_blocks = (m + ROW_BLOCK - 1) / ROW_BLOCK;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(num_threads)
+    for (int64_t rb = 0; rb < row_blocks; rb++) {
+        for (int64_t cb = 0; cb < col_blocks; cb++) {
+            const int64_t p_end = (cb + 1) * COL_BLOCK < panels ? (cb + 1) * COL_BLOCK : panels;
+            const int64_t r_end = (rb + 1) * ROW_BLOCK < m ? (rb + 1) * ROW_BLOCK : m;
+            for (int64_t p = cb * COL_BLOCK; p < p_end; p += NP) {
+                const void *wps[NP];
+                for (int q = 0; q < NP; q++) {
+                    const int64_t pp = p + q < panels ? p + q : p;
+                    wps[q] = packed + pp * k * PANEL;
+                }
+                for (int64_t r = rb * ROW_BLOCK; r < r_end; r += MR) {
+                    const int rows = r_end - r < MR ? (int)(r_end - r) : MR;
+                    tile_pairs_rows(rows, x + r * k, k, wps, y, n, r, p * PANEL, n, bias);
+                }
+            }
+        }
+    }
+    return 0;
+#else
+    (void)x; (void)m; (void)k; (void)packed; (void)n; (void)bias; (void)y; (void)num_threads;
+    return 1;
+#endif
+}
+
 /* y [m, n] = x [m, k] @ w.T (+ bias), w packed by lmnb_pack_weight. */
 void lmnb_linear(const float *x, int64_t m, int64_t k, const void *packed, int bf16, int64_t n,
                  const float *bias, float *y, int num_threads) {
