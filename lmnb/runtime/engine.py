@@ -212,7 +212,7 @@ class Engine:
             native = cpu_kernels.load()
             reason = f"native kernels {cpu_kernels.status()}"
             if native is not None:
-                self._kernels_reason = reason
+                self._kernels_reason = cpu_kernels.status()
                 return native
         if deterministic:
             raise ValueError(f"deterministic=True needs the batch-invariant kernels: {reason}")
