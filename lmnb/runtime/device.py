@@ -60,9 +60,10 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device,
                exact_kernels: bool) -> tuple[torch.dtype, str]:
     """(dtype, why). exact_kernels: the batch-invariant kernels are available for `device`."""
     if dtype is not None:
-        return parse_dtype(dtype), "asked for (dtype=)"
+        return _offered(parse_dtype(dtype), device, "dtype"), "asked for (dtype=)"
     if os.environ.get(DTYPE_ENV):
-        return parse_dtype(os.environ[DTYPE_ENV], DTYPE_ENV), f"{DTYPE_ENV} is set"
+        chosen = parse_dtype(os.environ[DTYPE_ENV], DTYPE_ENV)
+        return _offered(chosen, device, DTYPE_ENV), f"{DTYPE_ENV} is set"
     if device.type == "cuda":
         return torch.bfloat16, "default on a GPU"
     if not cpu_has_native_bf16():
@@ -72,3 +73,11 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device,
                                "kernels are unavailable, and bf16 without them changes "
                                "answers with cache hits")
     return torch.bfloat16, "default: the CPU has native bf16 and the exact kernels passed"
+
+
+def _offered(dtype: torch.dtype, device: torch.device, source: str) -> torch.dtype:
+    """The CPU offers fp32 and bf16, the dtypes its exact kernels compute in."""
+    if device.type == "cpu" and dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"{source}: {str(dtype).removeprefix('torch.')} is not offered on the "
+                         "CPU (its kernels compute in float32 or bfloat16); choose one of those")
+    return dtype
