@@ -175,27 +175,35 @@ def _load() -> None:
         _kernels, _status = None, "unavailable (LMNB_NO_KERNELS=1)"
         return
     try:
-        kernels = NativeKernels({name: ctypes.CDLL(str(_build(name))) for name in SOURCES})
-        _probe(kernels)
+        kernels = build()
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         _kernels, _status = None, f"unavailable ({err})"
         return
     _kernels, _status = kernels, "native (compiled, checked on probes)"
 
 
-def _build(name: str) -> Path:
+def build(extra_flags: tuple[str, ...] = ()) -> NativeKernels:
+    """Compile (or find in the cache), load and probe the kernels. `extra_flags` go after the
+    defaults (the tests build the AVX2 variant on an AVX-512 machine with `-mno-avx512f`)."""
+    flags = (*FLAGS, *extra_flags)
+    kernels = NativeKernels({name: ctypes.CDLL(str(_build(name, flags))) for name in SOURCES})
+    _probe(kernels)
+    return kernels
+
+
+def _build(name: str, flags: tuple[str, ...]) -> Path:
     source = (CSRC / f"{name}.c").read_bytes()
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler (cc or gcc) on PATH")
-    key = hashlib.sha256(source + " ".join(FLAGS).encode() + _cpu_id()).hexdigest()[:16]
+    key = hashlib.sha256(source + " ".join(flags).encode() + _cpu_id()).hexdigest()[:16]
     target = cache_root() / "kernels" / f"{name}-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        proc = subprocess.run([compiler, *FLAGS, "-o", str(built), str(CSRC / f"{name}.c"),
+        proc = subprocess.run([compiler, *flags, "-o", str(built), str(CSRC / f"{name}.c"),
                                "-lm"], capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-500:]}")

@@ -14,13 +14,30 @@ from lmnb.runtime import cpu_kernels
 DTYPES = [torch.float32, torch.bfloat16]
 
 
-@pytest.fixture(scope="module")
-def kernels() -> cpu_kernels.NativeKernels:
+def _has_avx512() -> bool:
+    from pathlib import Path
+
+    return "avx512f" in Path("/proc/cpuinfo").read_text()
+
+
+# The kernels as this CPU builds them, and, on an AVX-512 CPU, the AVX2 variant that CPUs
+# without AVX-512 run (same arithmetic, 8-wide vectors, no bf16 pairs).
+VARIANTS = ["native", "avx2"]
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def kernels(request) -> cpu_kernels.NativeKernels:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the engine uses the torch path (tested elsewhere)")
-    native = cpu_kernels.load()
-    assert native is not None, cpu_kernels.status()
-    return native
+    if request.param == "native":
+        native = cpu_kernels.load()
+        assert native is not None, cpu_kernels.status()
+        return native
+    if not _has_avx512():
+        pytest.skip("this CPU builds the AVX2 variant natively")
+    variant = cpu_kernels.build(("-mno-avx512f",))  # probed like the native one
+    assert not variant.bf16_pairs
+    return variant
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -112,7 +129,8 @@ def test_lmnb_no_kernels_turns_them_off(monkeypatch) -> None:
     assert cpu_kernels.status() == "unavailable (LMNB_NO_KERNELS=1)"
 
 
-def test_disabled_is_temporary(kernels) -> None:
+def test_disabled_is_temporary() -> None:
+    kernels = cpu_kernels.load()
     with cpu_kernels.disabled():
         assert cpu_kernels.load() is None
         assert "disabled" in cpu_kernels.status()

@@ -8,6 +8,8 @@ the generated tokens' KV vs a flushed cache, and requests alone vs batched.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
@@ -27,14 +29,15 @@ pytestmark = pytest.mark.skipif(cpu_kernels.load() is None,
 
 # ---- bits, tiny random-weight model ---------------------------------------------------------
 
-def _tiny(dtype: torch.dtype) -> tuple[LlamaModel, AutoModelForCausalLM]:
+def _tiny(dtype: torch.dtype, native: cpu_kernels.NativeKernels | None = None,
+          ) -> tuple[LlamaModel, AutoModelForCausalLM]:
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=301, hidden_size=128, intermediate_size=256,
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=512)
     hf = AutoModelForCausalLM.from_config(cfg).float().eval()
     ours = LlamaModel(ModelConfig.from_hf(cfg.to_dict()), hf.state_dict(), dtype, CPU,
-                      native=cpu_kernels.load())
+                      native=native or cpu_kernels.load())
     return ours, hf
 
 
@@ -68,9 +71,20 @@ def _logits(model: LlamaModel, pool: KVPool, table: ReqToToken,
     return [torch.cat(o) for o in out]
 
 
+@pytest.fixture(scope="module", params=["native", "avx2"])
+def variant(request) -> cpu_kernels.NativeKernels:
+    """The kernels as this CPU builds them, and on an AVX-512 CPU also the AVX2 variant that
+    CPUs without AVX-512 run."""
+    if request.param == "native":
+        return cpu_kernels.load()
+    if "avx512f" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU builds the AVX2 variant natively")
+    return cpu_kernels.build(("-mno-avx512f",))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_logits_do_not_depend_on_how_a_prompt_is_split_or_batched(dtype) -> None:
-    model, _ = _tiny(dtype)
+def test_logits_do_not_depend_on_how_a_prompt_is_split_or_batched(dtype, variant) -> None:
+    model, _ = _tiny(dtype, variant)
     pool = KVPool(2, 4096, 2, 32, dtype, CPU)
     table = ReqToToken(8, 512, CPU)
     gen = torch.Generator().manual_seed(1)

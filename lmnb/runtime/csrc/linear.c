@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -115,6 +115,54 @@ static void tile_rows(int rows, const float *x, int64_t k, const void *const wps
     case 3: tile(3, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
     case 2: tile(2, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
     default: tile(1, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
+    }
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+/* The same chains with 8-wide vectors: a panel is two halves; tiles of up to 3 rows keep the
+ * 12 accumulators in the 16 registers. */
+#define MR2 3
+static inline __m256 load_half(const void *wp, int64_t kk, int half, int bf16) {
+    if (bf16) {
+        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)wp + kk * PANEL + 8 * half));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    return _mm256_loadu_ps((const float *)wp + kk * PANEL + 8 * half);
+}
+
+static inline __attribute__((always_inline)) void tile2(
+    int rows, const float *x, int64_t k, const void *const wps[NP], int bf16, float *y,
+    int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
+    __m256 acc[MR2][2 * NP];
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < 2 * NP; p++) acc[i][p] = _mm256_setzero_ps();
+    for (int64_t kk = 0; kk < k; kk++) {
+        __m256 wv[2 * NP];
+        for (int p = 0; p < 2 * NP; p++) wv[p] = load_half(wps[p / 2], kk, p % 2, bf16);
+        for (int i = 0; i < rows; i++) {
+            const __m256 xv = _mm256_set1_ps(x[i * k + kk]);
+            for (int p = 0; p < 2 * NP; p++) acc[i][p] = _mm256_fmadd_ps(xv, wv[p], acc[i][p]);
+        }
+    }
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < 2 * NP; p++) {
+            float out[8];
+            _mm256_storeu_ps(out, acc[i][p]);
+            for (int j = 0; j < 8; j++)
+                store(y, ldy, row0 + i, col0 + p * 8 + j, n, out[j], bias);
+        }
+}
+
+static void tile_rows(int rows, const float *x, int64_t k, const void *const wps[NP], int bf16,
+                      float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
+                      const float *bias) {
+    for (int i = 0; i < rows; i += MR2) {
+        const int r = rows - i < MR2 ? rows - i : MR2;
+        const float *xi = x + i * k;
+        switch (r) {
+        case 3: tile2(3, xi, k, wps, bf16, y, ldy, row0 + i, col0, n, bias); break;
+        case 2: tile2(2, xi, k, wps, bf16, y, ldy, row0 + i, col0, n, bias); break;
+        default: tile2(1, xi, k, wps, bf16, y, ldy, row0 + i, col0, n, bias); break;
+        }
     }
 }
 #else
