@@ -34,6 +34,7 @@
 
 #define BLOCK 16 /* keys per block, one lane each */
 #define TILE 8   /* consecutive queries of one request computed together */
+#define AHEAD 3  /* blocks whose k/v rows are prefetched ahead */
 
 static inline float widen(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
@@ -44,6 +45,59 @@ static inline float widen(uint16_t h) {
 
 static inline float load(const void *base, int bf16, int64_t at) {
     return bf16 ? widen(((const uint16_t *)base)[at]) : ((const float *)base)[at];
+}
+
+#ifdef __AVX512F__
+static inline __m512 load16(const void *base, int bf16, int64_t at) { /* 16 values as fp32 */
+    if (bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + at))),
+            16));
+    return _mm512_loadu_ps((const float *)base + at);
+}
+
+/* c[j] = column j of the 16 x 16 block r (r[i] its rows), by shuffles in registers. */
+static inline void transpose16(const __m512 r[16], __m512 c[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* u[4i + m]: columns m, m+4, m+8, m+12 of rows 4i..4i+3 */
+        u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int m = 0; m < 4; m++) {
+        const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88);
+        const __m512 v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xDD);
+        const __m512 v2 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88);
+        const __m512 v3 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xDD);
+        c[m] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+        c[m + 8] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+        c[m + 4] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+        c[m + 12] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+    }
+}
+#endif
+
+/* kt[d][l] = k[slots[l]][off + d] as fp32, for one block's 16 keys of one kv head. */
+static void transpose_keys(const void *k, int bf16, const int64_t *slots, int64_t row,
+                           int64_t off, int64_t dim, float *kt) {
+#ifdef __AVX512F__
+    if (dim % 16 == 0) {
+        for (int64_t d0 = 0; d0 < dim; d0 += 16) {
+            __m512 r[16], c[16];
+            for (int l = 0; l < BLOCK; l++) r[l] = load16(k, bf16, slots[l] * row + off + d0);
+            transpose16(r, c);
+            for (int j = 0; j < 16; j++) _mm512_storeu_ps(kt + (d0 + j) * BLOCK, c[j]);
+        }
+        return;
+    }
+#endif
+    for (int l = 0; l < BLOCK; l++)
+        for (int64_t d = 0; d < dim; d++) kt[d * BLOCK + l] = load(k, bf16, slots[l] * row + off + d);
 }
 
 /* exp(x) for x <= 0 (softmax arguments), relative error ~1e-7; 0 below -87. */
@@ -64,6 +118,10 @@ static inline float exp_poly(float x) {
     return x < -87.0f ? 0.0f : p * scale;
 }
 
+static inline void prefetch_row(const char *row, int64_t bytes) {
+    for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(row + i, 0, 0);
+}
+
 typedef struct { /* one query and head */
     float max;
     float sum[BLOCK];
@@ -74,22 +132,39 @@ typedef struct { /* one query and head */
 /* Scores of one block's 16 keys for `count` (query, head) pairs: s[p][l] = scale * (FMA chain
  * of q_p . k_l over d). Pairs go CHAINS at a time so that their chains overlap in the FMA
  * pipeline (one chain alone waits on each FMA's latency). */
+#ifdef __AVX512F__
+/* n chains at once (n a constant after inlining, so the accumulators stay in registers). */
+static inline __attribute__((always_inline)) void score_chains(
+    int n, const float *const *qs, const float *kt, int64_t dim, float scale, float (*s)[BLOCK]) {
+    __m512 acc[CHAINS];
+    for (int p = 0; p < n; p++) acc[p] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < dim; d++) {
+        const __m512 kd = _mm512_loadu_ps(kt + d * BLOCK);
+        for (int p = 0; p < n; p++)
+            acc[p] = _mm512_fmadd_ps(_mm512_set1_ps(qs[p][d]), kd, acc[p]);
+    }
+    for (int p = 0; p < n; p++)
+        _mm512_storeu_ps(s[p], _mm512_mul_ps(acc[p], _mm512_set1_ps(scale)));
+}
+#endif
+
 static void scores(const float *const *qs, int count, const float *kt, int64_t dim, float scale,
                    float (*s)[BLOCK]) {
     for (int first = 0; first < count; first += CHAINS) {
         const int n = count - first < CHAINS ? count - first : CHAINS;
 #ifdef __AVX512F__
-        __m512 acc[CHAINS];
-        for (int p = 0; p < CHAINS; p++) acc[p] = _mm512_setzero_ps();
-        const float *qp[CHAINS];
-        for (int p = 0; p < CHAINS; p++) qp[p] = qs[first + (p < n ? p : 0)];
-        for (int64_t d = 0; d < dim; d++) {
-            const __m512 kd = _mm512_loadu_ps(kt + d * BLOCK);
-            for (int p = 0; p < CHAINS; p++)
-                acc[p] = _mm512_fmadd_ps(_mm512_set1_ps(qp[p][d]), kd, acc[p]);
+        const float *const *q = qs + first;
+        float (*out)[BLOCK] = s + first;
+        switch (n) {
+        case 8: score_chains(8, q, kt, dim, scale, out); break;
+        case 7: score_chains(7, q, kt, dim, scale, out); break;
+        case 6: score_chains(6, q, kt, dim, scale, out); break;
+        case 5: score_chains(5, q, kt, dim, scale, out); break;
+        case 4: score_chains(4, q, kt, dim, scale, out); break;
+        case 3: score_chains(3, q, kt, dim, scale, out); break;
+        case 2: score_chains(2, q, kt, dim, scale, out); break;
+        default: score_chains(1, q, kt, dim, scale, out); break;
         }
-        for (int p = 0; p < n; p++)
-            _mm512_storeu_ps(s[first + p], _mm512_mul_ps(acc[p], _mm512_set1_ps(scale)));
 #else
         float acc[CHAINS][BLOCK] = {{0}};
         for (int64_t d = 0; d < dim; d++) {
@@ -125,66 +200,45 @@ static void update(float *s, int valid, int64_t dim, Running *run, float *acc) {
     }
 }
 
-#ifdef __AVX512F__
-static inline __m512 load16(const void *base, int bf16, int64_t at) { /* 16 values as fp32 */
-    if (bf16)
-        return _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + at))),
-            16));
-    return _mm512_loadu_ps((const float *)base + at);
-}
-#endif
-
 #define VPAIRS 4 /* pairs whose weighted sums run together, sharing each v row */
 
 /* acc_p[d] = fma(w_p[l], v_l[d], acc_p[d]) for l = 0 .. 15 in order, for `count` pairs that
  * read the same 16 v rows (weights past a query's keys are 0, adding exactly nothing). */
+#ifdef __AVX512F__
+/* n pairs (a constant after inlining) over a head of 64: 4n accumulators in registers. */
+static inline __attribute__((always_inline)) void weighted_sum64(
+    int n, float *const *accs, const float *const *ws, const void *v, int bf16,
+    const int64_t *slots, int64_t row, int64_t off) {
+    __m512 acc[VPAIRS][4];
+    for (int p = 0; p < n; p++)
+        for (int j = 0; j < 4; j++) acc[p][j] = _mm512_loadu_ps(accs[p] + 16 * j);
+    for (int l = 0; l < BLOCK; l++) {
+        const int64_t at = slots[l] * row + off;
+        __m512 vl[4];
+        for (int j = 0; j < 4; j++) vl[j] = load16(v, bf16, at + 16 * j);
+        for (int p = 0; p < n; p++) {
+            const __m512 w = _mm512_set1_ps(ws[p][l]);
+            for (int j = 0; j < 4; j++) acc[p][j] = _mm512_fmadd_ps(w, vl[j], acc[p][j]);
+        }
+    }
+    for (int p = 0; p < n; p++)
+        for (int j = 0; j < 4; j++) _mm512_storeu_ps(accs[p] + 16 * j, acc[p][j]);
+}
+#endif
+
 static void weighted_sum(float *const *accs, const float *const *ws, int count, const void *v,
                          int bf16, const int64_t *slots, int64_t row, int64_t off, int64_t dim) {
 #ifdef __AVX512F__
-    if (dim % 16 == 0) {
-        int first = 0;
-        if (dim == 64) /* the common head size: constant trip counts keep acc in registers */
-            for (; first + VPAIRS <= count; first += VPAIRS) {
-                __m512 acc[VPAIRS][4];
-                for (int p = 0; p < VPAIRS; p++)
-                    for (int j = 0; j < 4; j++)
-                        acc[p][j] = _mm512_loadu_ps(accs[first + p] + 16 * j);
-                for (int l = 0; l < BLOCK; l++) {
-                    const int64_t at = slots[l] * row + off;
-                    __m512 vl[4];
-                    for (int j = 0; j < 4; j++) vl[j] = load16(v, bf16, at + 16 * j);
-                    for (int p = 0; p < VPAIRS; p++) {
-                        const __m512 w = _mm512_set1_ps(ws[first + p][l]);
-                        for (int j = 0; j < 4; j++)
-                            acc[p][j] = _mm512_fmadd_ps(w, vl[j], acc[p][j]);
-                    }
-                }
-                for (int p = 0; p < VPAIRS; p++)
-                    for (int j = 0; j < 4; j++)
-                        _mm512_storeu_ps(accs[first + p] + 16 * j, acc[p][j]);
-            }
-        for (; first < count; first += VPAIRS) {
+    if (dim == 64) { /* the common head size */
+        for (int first = 0; first < count; first += VPAIRS) {
             const int n = count - first < VPAIRS ? count - first : VPAIRS;
-            for (int64_t d0 = 0; d0 < dim; d0 += 64) {
-                const int nv = dim - d0 < 64 ? (int)((dim - d0) / 16) : 4;
-                __m512 acc[VPAIRS][4];
-                for (int p = 0; p < n; p++)
-                    for (int j = 0; j < nv; j++)
-                        acc[p][j] = _mm512_loadu_ps(accs[first + p] + d0 + 16 * j);
-                for (int l = 0; l < BLOCK; l++) {
-                    const int64_t at = slots[l] * row + off + d0;
-                    __m512 vl[4];
-                    for (int j = 0; j < nv; j++) vl[j] = load16(v, bf16, at + 16 * j);
-                    for (int p = 0; p < n; p++) {
-                        const __m512 w = _mm512_set1_ps(ws[first + p][l]);
-                        for (int j = 0; j < nv; j++)
-                            acc[p][j] = _mm512_fmadd_ps(w, vl[j], acc[p][j]);
-                    }
-                }
-                for (int p = 0; p < n; p++)
-                    for (int j = 0; j < nv; j++)
-                        _mm512_storeu_ps(accs[first + p] + d0 + 16 * j, acc[p][j]);
+            float *const *a = accs + first;
+            const float *const *w = ws + first;
+            switch (n) {
+            case 4: weighted_sum64(4, a, w, v, bf16, slots, row, off); break;
+            case 3: weighted_sum64(3, a, w, v, bf16, slots, row, off); break;
+            case 2: weighted_sum64(2, a, w, v, bf16, slots, row, off); break;
+            default: weighted_sum64(1, a, w, v, bf16, slots, row, off); break;
             }
         }
         return;
@@ -212,6 +266,7 @@ static int tile(const float *q, const void *k, const void *v, int bf16, const in
                 const int64_t *lens, int count, int64_t heads, int64_t kv_heads, int64_t dim,
                 float scale, float *out) {
     const int64_t group = heads / kv_heads, row = kv_heads * dim;
+    const int64_t row_bytes = row * (bf16 ? 2 : 4);
     int64_t longest = 0;
     for (int i = 0; i < count; i++) longest = lens[i] > longest ? lens[i] : longest;
     float *kt = malloc(sizeof(float) * (size_t)(dim * BLOCK));
@@ -241,10 +296,14 @@ static int tile(const float *q, const void *k, const void *v, int bf16, const in
     for (int64_t start = 0; start < longest; start += BLOCK) {
         const int present = longest - start < BLOCK ? (int)(longest - start) : BLOCK;
         for (int l = 0; l < BLOCK; l++) block_slots[l] = l < present ? slots[start + l] : 0;
+        /* the next block's k and v rows: slots are scattered over the pool, which the
+         * hardware prefetcher cannot guess, and the step is bound by reading them */
+        for (int64_t j = start + AHEAD * BLOCK; j < longest && j < start + (AHEAD + 1) * BLOCK; j++) {
+            prefetch_row((const char *)k + slots[j] * row_bytes, row_bytes);
+            prefetch_row((const char *)v + slots[j] * row_bytes, row_bytes);
+        }
         for (int64_t g = 0; g < kv_heads; g++) {
-            for (int l = 0; l < BLOCK; l++) /* transpose: kt[d][l] = k[slot_l][g][d] */
-                for (int64_t d = 0; d < dim; d++)
-                    kt[d * BLOCK + l] = load(k, bf16, block_slots[l] * row + g * dim + d);
+            transpose_keys(k, bf16, block_slots, row, g * dim, dim, kt);
             int pairs = 0; /* the (query, head) pairs of this kv head that see the block */
             for (int i = 0; i < count; i++) {
                 if (lens[i] <= start) continue;
