@@ -178,10 +178,12 @@ def tool_use(s, lhs, rhs):
 
 
 def test_tool_use_computes_with_a_generated_expression():
-    state = tool_use(lhs=257, rhs=983)
-    assert state["expression"].replace(" ", "") == "257*983"
-    assert int(state["answer"]) == 257 * 983
-    assert state.text().endswith(f") = {257 * 983}")
+    # 257 and 983 sit on an edge of this small model's greedy choice: fp32 writes 257*983,
+    # bf16 15*257 (with and without the cache); both dtypes copy 123 and 456 correctly.
+    state = tool_use(lhs=123, rhs=456)
+    assert state["expression"].replace(" ", "") == "123*456"
+    assert int(state["answer"]) == 123 * 456
+    assert state.text().endswith(f") = {123 * 456}")
 
 
 @sgl.function
