@@ -210,6 +210,35 @@ def markdown_table(rows: Iterable[Row]) -> str:
     return "\n".join(lines)
 
 
+def print_grid(title: str, header: Sequence[str], lines: Sequence[Sequence[str]],
+               caption: str = "") -> None:
+    """A plain table of text cells (first column left, the rest right-aligned) as a rich
+    table on the terminal (Markdown text when rich is missing)."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(title)
+        print(markdown_grid(header, lines))
+        return
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    table = Table(title=title, caption=caption or None)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for cells in lines:
+        table.add_row(*cells)
+    console.print(table)
+
+
+def markdown_grid(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for cells in lines:
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(out)
+
+
 def machine_info(**extra: Any) -> dict[str, Any]:
     """The machine and library versions a result was measured on."""
     import torch
