@@ -33,6 +33,15 @@ def engine_fp32(engine: Engine) -> Engine:
 
 
 @pytest.fixture(scope="session")
+def hf_fp32():
+    """transformers' own model of the default model in float32 behind `HFRuntime` (its `.model`
+    is the plain `AutoModelForCausalLM`), loaded once for every comparison with it."""
+    from lmnb.hf_backend import HFRuntime
+
+    return HFRuntime(dtype="float32")
+
+
+@pytest.fixture(scope="session")
 def tokenizer(engine: Engine):
     return engine.tokenizer
 

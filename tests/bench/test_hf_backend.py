@@ -17,8 +17,8 @@ PROMPT = "The capital of France is Paris. The capital of Italy is"
 
 
 @pytest.fixture(scope="module")
-def hf() -> HFRuntime:
-    return HFRuntime(dtype="float32")
+def hf(hf_fp32: HFRuntime) -> HFRuntime:
+    return hf_fp32  # HFRuntime(dtype="float32"), shared with test_model.py
 
 
 def both(engine, hf: HFRuntime, params: SamplingParams, prompt: str = PROMPT):

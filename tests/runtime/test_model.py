@@ -63,9 +63,10 @@ def test_tiny_random_models_match_transformers(name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def hf_default():
-    folder = loader.resolve(None).folder
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+def hf_default(hf_fp32):
+    """transformers' model of the default model in fp32 (the session's `HFRuntime`'s)."""
+    assert hf_fp32.dtype == torch.float32 and hf_fp32.folder == loader.resolve(None).folder
+    return hf_fp32.model
 
 
 def test_default_model_logits_match_transformers(hf_default, tokenizer) -> None:
