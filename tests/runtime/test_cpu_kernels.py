@@ -9,15 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmnb.runtime import cpu_kernels
+from lmnb.runtime import cpu_kernels, device
 
 DTYPES = [torch.float32, torch.bfloat16]
 
 
 def _has_avx512() -> bool:
-    from pathlib import Path
-
-    return "avx512f" in Path("/proc/cpuinfo").read_text()
+    return "avx512f" in device._cpuinfo()
 
 
 # The kernels as this CPU builds them, and, on an AVX-512 CPU, the AVX2 variant that CPUs

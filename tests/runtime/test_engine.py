@@ -128,11 +128,13 @@ def test_sampling_seed_is_reproducible(engine) -> None:
     assert a == b and a != c
 
 
-def test_prompt_logprobs_match_reference(engine) -> None:
+def test_prompt_logprobs_match_reference(engine_fp32) -> None:
+    """A comparison with transformers in fp32 (bf16 differs from it by ~0.1 in logprobs)."""
     from transformers import AutoModelForCausalLM
 
     from lmnb.runtime import loader
 
+    engine = engine_fp32
     ids = engine.tokenizer.encode("The capital of France is Paris, and of Italy is Rome.")
     engine.generate(ids[:6], max_new_tokens=0).result()  # cache a prefix to be bypassed
     res = engine.generate(ids, max_new_tokens=0, logprob_start_len=4).result()

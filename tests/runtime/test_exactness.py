@@ -8,13 +8,11 @@ the generated tokens' KV vs a flushed cache, and requests alone vs batched.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from lmnb.runtime import Engine, cpu_kernels
+from lmnb.runtime import Engine, cpu_kernels, device
 from lmnb.runtime.batch import ForwardBatch
 from lmnb.runtime.config import ModelConfig
 from lmnb.runtime.kv_pool import KVPool, ReqToToken
@@ -77,7 +75,7 @@ def variant(request) -> cpu_kernels.NativeKernels:
     CPUs without AVX-512 run."""
     if request.param == "native":
         return cpu_kernels.load()
-    if "avx512f" not in Path("/proc/cpuinfo").read_text():
+    if "avx512f" not in device._cpuinfo():
         pytest.skip("this CPU builds the AVX2 variant natively")
     return cpu_kernels.build(("-mno-avx512f",))
 
