@@ -1,11 +1,13 @@
-"""Device and dtype choice, and the CPU facts behind it.
+"""Device, dtype and kernel choice, and the CPU facts behind them.
 
-Owns which device and dtype an engine runs and why, in words (`Engine.describe()` shows it):
-an explicit `dtype=` wins, then the `LMNB_DTYPE` environment variable, then the default:
-bf16 on a GPU, and on a CPU bf16 only where the CPU has native bf16 (avx512_bf16/AMX) *and*
-the batch-invariant kernels are built and checked on this CPU (their probes run bf16 too);
-fp32 otherwise. bf16 without those kernels changes greedy answers with cache hits, so the
-default never picks it from the CPU's flags alone. Knows nothing of models or requests.
+Owns which device, dtype and kernels an engine runs and why, in words (`Engine.describe()`
+shows it). The kernels: the exact (batch-invariant) native ones wherever they build and pass
+their probes, unless `deterministic=False`. The dtype: an explicit `dtype=` wins, then the
+`LMNB_DTYPE` environment variable, then the default: bf16 on a GPU, and on a CPU bf16 only
+where the CPU has native bf16 (avx512_bf16/AMX) *and* the exact kernels are in use (their
+probes run bf16 too); fp32 otherwise. bf16 without those kernels changes greedy answers with
+cache hits, so the default never picks it from the CPU's flags alone. Knows nothing of models
+or requests.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from lmnb.runtime import cpu_kernels
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -81,3 +85,21 @@ def _offered(dtype: torch.dtype, device: torch.device, source: str) -> torch.dty
         raise ValueError(f"{source}: {str(dtype).removeprefix('torch.')} is not offered on the "
                          "CPU (its kernels compute in float32 or bfloat16); choose one of those")
     return dtype
+
+
+def pick_kernels(device: torch.device, deterministic: bool | None,
+                 ) -> tuple[cpu_kernels.NativeKernels | None, str]:
+    """(the exact kernels or None for the torch paths, why). deterministic: None where
+    available, True required (raises where not), False never."""
+    if deterministic is False:
+        return None, "torch paths (deterministic=False)"
+    if device.type != "cpu":
+        reason = f"the batch-invariant kernels run on the CPU, not on {device.type}"
+    else:
+        native = cpu_kernels.load()
+        if native is not None:
+            return native, cpu_kernels.status()
+        reason = f"native kernels {cpu_kernels.status()}"
+    if deterministic:
+        raise ValueError(f"deterministic=True needs the batch-invariant kernels: {reason}")
+    return None, f"torch paths: {reason}"

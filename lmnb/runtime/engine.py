@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import numbers
 import queue
 import threading
 import time
@@ -21,11 +20,11 @@ from typing import Any
 
 import torch
 
-from lmnb.runtime import cpu_kernels, loader
+from lmnb.runtime import loader
 from lmnb.runtime.batch import ForwardBatch
 from lmnb.runtime.config import ModelConfig
 from lmnb.runtime.detokenizer import Detokenizer
-from lmnb.runtime.device import pick_device, pick_dtype
+from lmnb.runtime.device import pick_device, pick_dtype, pick_kernels
 from lmnb.runtime.handle import GenerateHandle
 from lmnb.runtime.kv_pool import KVPool, ReqToToken
 from lmnb.runtime.model import LlamaModel
@@ -35,6 +34,7 @@ from lmnb.runtime.radix_cache import RadixCache
 from lmnb.runtime.req import Req
 from lmnb.runtime.scheduler import Scheduler, Step
 from lmnb.runtime.stats import EngineStats
+from lmnb.runtime.submit import check_fits, prompt_ids
 from lmnb.runtime.tokenizer import Tokenizer
 
 DEFAULT_MAX_TOKENS_IN_CACHE = 32768
@@ -74,7 +74,7 @@ class Engine:
         self.tokenizer = Tokenizer(files.folder)
         self.config = ModelConfig.from_hf(loader.load_config(files.folder))
         self.device = pick_device(device)
-        native = self._pick_kernels(deterministic)
+        native, self._kernels_reason = pick_kernels(self.device, deterministic)
         self.deterministic = native is not None
         self.dtype, self.dtype_reason = pick_dtype(dtype, self.device, native is not None)
         self.model = LlamaModel(self.config, loader.load_weights(files.folder), self.dtype,
@@ -117,8 +117,8 @@ class Engine:
         if params is not None and not isinstance(params, SamplingParams):
             raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
         params = (params or SamplingParams()).merged(**sampling)
-        ids = self._prompt_ids(prompt)
-        self._check_fits(ids, params)
+        ids = prompt_ids(prompt, self.tokenizer)
+        check_fits(ids, params, self.config.vocab_size, self.max_context, self.pool.capacity)
         grammar = self._compile_grammar(params)
         rid = next(self._rids)
         handle = GenerateHandle(rid, self._cancel)
@@ -202,71 +202,12 @@ class Engine:
             info["native_bf16"] = cpu_has_native_bf16()
         return info
 
-    def _pick_kernels(self, deterministic: bool | None) -> cpu_kernels.NativeKernels | None:
-        if deterministic is False:
-            self._kernels_reason = "torch paths (deterministic=False)"
-            return None
-        if self.device.type != "cpu":
-            reason = f"the batch-invariant kernels run on the CPU, not on {self.device.type}"
-        else:
-            native = cpu_kernels.load()
-            reason = f"native kernels {cpu_kernels.status()}"
-            if native is not None:
-                self._kernels_reason = cpu_kernels.status()
-                return native
-        if deterministic:
-            raise ValueError(f"deterministic=True needs the batch-invariant kernels: {reason}")
-        self._kernels_reason = f"torch paths: {reason}"
-        return None
-
-    # ---- submission checks ----------------------------------------------------------------
-
     def _check_open(self) -> None:
         if self._closed is not None:
             raise RuntimeError(f"the engine takes no more requests: {self._closed}") \
                 from self._closed
         if self._stopped.is_set():
             raise RuntimeError("the engine has been shut down")
-
-    def _prompt_ids(self, prompt: Any) -> list[int]:
-        """A text prompt's token ids, or a list of token ids checked to be ints."""
-        if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
-        if hasattr(prompt, "tolist") and not isinstance(prompt, (bytes, bytearray)):
-            prompt = prompt.tolist()  # a numpy array or a torch tensor of ids
-        if not isinstance(prompt, (list, tuple)):
-            raise TypeError(f"prompt must be a str or a list of token ids (ints), got "
-                            f"{type(prompt).__name__}")
-        for i, t in enumerate(prompt):
-            if isinstance(t, bool) or not isinstance(t, numbers.Integral):
-                hint = " (to send text, pass one str)" if isinstance(t, str) else ""
-                raise TypeError(f"prompt must be a str or a list of token ids (ints); item {i} "
-                                f"is {t!r} ({type(t).__name__}){hint}")
-        return [int(t) for t in prompt]
-
-    def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
-        if not ids:
-            raise ValueError("the prompt is empty: give at least one token")
-        if len(ids) >= self.max_context:
-            raise ValueError(
-                f"the prompt has {len(ids)} tokens, longer than the model's context of "
-                f"{self.max_context} tokens (at least one position must remain for output)"
-            )
-        bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
-        if bad:
-            raise ValueError(f"token ids out of the vocabulary (size {self.config.vocab_size}): "
-                             f"{bad[:5]}")
-        bad = [t for t in params.stop_token_ids if t >= self.config.vocab_size]
-        if bad:
-            raise ValueError(f"stop_token_ids out of the vocabulary (size "
-                             f"{self.config.vocab_size}): {bad[:5]}")
-        need = min(len(ids) + params.max_new_tokens, self.max_context)
-        if need > self.pool.capacity:
-            raise ValueError(
-                f"the request needs up to {need} KV slots (prompt {len(ids)} + max_new_tokens "
-                f"{params.max_new_tokens}) but the pool holds {self.pool.capacity}; raise "
-                f"max_tokens_in_cache or lower max_new_tokens"
-            )
 
     def _compile_grammar(self, params: SamplingParams) -> Any:
         if not params.constrained:
