@@ -249,10 +249,31 @@ void lmnb_pack_pairs(const float *w, int64_t n, int64_t k, uint16_t *dst) {
             }
 }
 
-/* y [m, n] = x [m, k] (bf16) @ w.T (+ bias), w packed by lmnb_pack_pairs; 1 if unsupported. */
-int lmnb_linear_pairs(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed,
-                      int64_t n, const float *bias, float *y, int num_threads) {
+/* A tile of up to MR rows of x (fp32, or bf16 for the pair path) against NP panels. */
+typedef void (*TileFn)(int rows, const void *x, int64_t k, const void *const wps[NP], int bf16,
+                       float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
+                       const float *bias);
+
+static void chain_tiles(int rows, const void *x, int64_t k, const void *const wps[NP], int bf16,
+                        float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
+                        const float *bias) {
+    tile_rows(rows, (const float *)x, k, wps, bf16, y, ldy, row0, col0, n, bias);
+}
+
 #ifdef __AVX512BF16__
+static void pair_tiles(int rows, const void *x, int64_t k, const void *const wps[NP], int bf16,
+                       float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
+                       const float *bias) {
+    (void)bf16;
+    tile_pairs_rows(rows, (const uint16_t *)x, k, wps, y, ldy, row0, col0, n, bias);
+}
+#endif
+
+/* Every tile of y [m, n], work items of ROW_BLOCK rows x COL_BLOCK panels over the threads.
+ * x_bytes, w_bytes: the size of one element of x and of the packed weights. */
+static void all_tiles(TileFn fn, const void *x, int x_bytes, int64_t m, int64_t k,
+                      const void *packed, int w_bytes, int bf16, int64_t n, const float *bias,
+                      float *y, int num_threads) {
     const int64_t panels = (n + PANEL - 1) / PANEL;
     const int64_t col_blocks = (panels + COL_BLOCK - 1) / COL_BLOCK;
     const int64_t row_blocks = (m + ROW_BLOCK - 1) / ROW_BLOCK;
@@ -263,17 +284,26 @@ int lmnb_linear_pairs(const uint16_t *x, int64_t m, int64_t k, const uint16_t *p
             const int64_t r_end = (rb + 1) * ROW_BLOCK < m ? (rb + 1) * ROW_BLOCK : m;
             for (int64_t p = cb * COL_BLOCK; p < p_end; p += NP) {
                 const void *wps[NP];
-                for (int q = 0; q < NP; q++) {
+                for (int q = 0; q < NP; q++) { /* a missing last panel reads a real one */
                     const int64_t pp = p + q < panels ? p + q : p;
-                    wps[q] = packed + pp * k * PANEL;
+                    wps[q] = (const char *)packed + pp * k * PANEL * w_bytes;
                 }
                 for (int64_t r = rb * ROW_BLOCK; r < r_end; r += MR) {
                     const int rows = r_end - r < MR ? (int)(r_end - r) : MR;
-                    tile_pairs_rows(rows, x + r * k, k, wps, y, n, r, p * PANEL, n, bias);
+                    /* columns of a duplicated panel are past n or written twice identically */
+                    fn(rows, (const char *)x + r * k * x_bytes, k, wps, bf16, y, n, r,
+                       p * PANEL, n, bias);
                 }
             }
         }
     }
+}
+
+/* y [m, n] = x [m, k] (bf16) @ w.T (+ bias), w packed by lmnb_pack_pairs; 1 if unsupported. */
+int lmnb_linear_pairs(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed,
+                      int64_t n, const float *bias, float *y, int num_threads) {
+#ifdef __AVX512BF16__
+    all_tiles(pair_tiles, x, 2, m, k, packed, 2, 1, n, bias, y, num_threads);
     return 0;
 #else
     (void)x; (void)m; (void)k; (void)packed; (void)n; (void)bias; (void)y; (void)num_threads;
@@ -284,30 +314,7 @@ int lmnb_linear_pairs(const uint16_t *x, int64_t m, int64_t k, const uint16_t *p
 /* y [m, n] = x [m, k] @ w.T (+ bias), w packed by lmnb_pack_weight. */
 void lmnb_linear(const float *x, int64_t m, int64_t k, const void *packed, int bf16, int64_t n,
                  const float *bias, float *y, int num_threads) {
-    const int64_t panels = (n + PANEL - 1) / PANEL;
-    const int64_t col_blocks = (panels + COL_BLOCK - 1) / COL_BLOCK;
-    const int64_t row_blocks = (m + ROW_BLOCK - 1) / ROW_BLOCK;
-    const int64_t panel_elems = k * PANEL;
-    const int elem = bf16 ? 2 : 4;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(num_threads)
-    for (int64_t rb = 0; rb < row_blocks; rb++) {
-        for (int64_t cb = 0; cb < col_blocks; cb++) {
-            const int64_t p_end = (cb + 1) * COL_BLOCK < panels ? (cb + 1) * COL_BLOCK : panels;
-            const int64_t r_end = (rb + 1) * ROW_BLOCK < m ? (rb + 1) * ROW_BLOCK : m;
-            for (int64_t p = cb * COL_BLOCK; p < p_end; p += NP) {
-                const void *wps[NP];
-                for (int q = 0; q < NP; q++) { /* a missing last panel reads a real one */
-                    const int64_t pp = p + q < panels ? p + q : p;
-                    wps[q] = (const char *)packed + pp * panel_elems * elem;
-                }
-                for (int64_t r = rb * ROW_BLOCK; r < r_end; r += MR) {
-                    const int rows = r_end - r < MR ? (int)(r_end - r) : MR;
-                    /* columns of a duplicated panel are past n or written twice identically */
-                    tile_rows(rows, x + r * k, k, wps, bf16, y, n, r, p * PANEL, n, bias);
-                }
-            }
-        }
-    }
+    all_tiles(chain_tiles, x, 4, m, k, packed, bf16 ? 2 : 4, bf16, n, bias, y, num_threads);
 }
 
 /* Reference: the same chain element by element, no tiles (for tests). */
