@@ -81,6 +81,17 @@ static inline __m512 load_panel(const void *wp, int64_t kk, int bf16) {
     return _mm512_loadu_ps((const float *)wp + kk * PANEL);
 }
 
+static inline void store_tile(int rows, __m512 acc[MR][NP], float *y, int64_t ldy, int64_t row0,
+                              int64_t col0, int64_t n, const float *bias) {
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < NP; p++) {
+            float out[PANEL];
+            _mm512_storeu_ps(out, acc[i][p]);
+            for (int j = 0; j < PANEL; j++)
+                store(y, ldy, row0 + i, col0 + p * PANEL + j, n, out[j], bias);
+        }
+}
+
 /* rows x (NP panels) of y; acc[i][p] lane j holds the chain of element (i, 16p + j). */
 static inline __attribute__((always_inline)) void tile(
     int rows, const float *x, int64_t k, const void *const wps[NP], int bf16, float *y,
@@ -96,13 +107,7 @@ static inline __attribute__((always_inline)) void tile(
             for (int p = 0; p < NP; p++) acc[i][p] = _mm512_fmadd_ps(xv, wv[p], acc[i][p]);
         }
     }
-    for (int i = 0; i < rows; i++)
-        for (int p = 0; p < NP; p++) {
-            float out[PANEL];
-            _mm512_storeu_ps(out, acc[i][p]);
-            for (int j = 0; j < PANEL; j++)
-                store(y, ldy, row0 + i, col0 + p * PANEL + j, n, out[j], bias);
-        }
+    store_tile(rows, acc, y, ldy, row0, col0, n, bias);
 }
 
 static void tile_rows(int rows, const float *x, int64_t k, const void *const wps[NP], int bf16,
@@ -201,13 +206,7 @@ static inline __attribute__((always_inline)) void tile_pairs(
             for (int p = 0; p < NP; p++) acc[i][p] = _mm512_dpbf16_ps(acc[i][p], xv, wv[p]);
         }
     }
-    for (int i = 0; i < rows; i++)
-        for (int p = 0; p < NP; p++) {
-            float out[PANEL];
-            _mm512_storeu_ps(out, acc[i][p]);
-            for (int j = 0; j < PANEL; j++)
-                store(y, ldy, row0 + i, col0 + p * PANEL + j, n, out[j], bias);
-        }
+    store_tile(rows, acc, y, ldy, row0, col0, n, bias);
 }
 
 static void tile_pairs_rows(int rows, const uint16_t *x, int64_t k, const void *const wps[NP],
