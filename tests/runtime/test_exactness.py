@@ -110,12 +110,16 @@ def test_the_exact_path_matches_transformers() -> None:
 
 # ---- greedy answers, the default model ------------------------------------------------------
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Name three colours.",
-    "Write one sentence about the sea.",
-    "What is 12 times 7?",
-]
+@pytest.fixture(scope="module")
+def questions() -> list[str]:
+    """The chat prompts the answers are compared on (the runtime benchmark's exactness
+    workload uses the same kind, at every split point)."""
+    return [
+        "What is the capital of France?",
+        "Name three colours.",
+        "Write one sentence about the sea.",
+        "What is 12 times 7?",
+    ]
 
 
 @pytest.fixture(scope="module", params=DTYPES)
@@ -137,10 +141,10 @@ def _answer(eng: Engine, ids: list[int], n: int = 12) -> tuple[list[int], int]:
     return result.output_ids, result.cached_tokens
 
 
-def test_a_cached_prefix_of_any_length_gives_the_same_answer(exact_engine) -> None:
+def test_a_cached_prefix_of_any_length_gives_the_same_answer(exact_engine, questions) -> None:
     eng = exact_engine
     agree = total = 0
-    for question in QUESTIONS[:2]:
+    for question in questions[:2]:
         ids = _chat(eng, question)
         eng.flush_cache()
         want, cached = _answer(eng, ids)
@@ -155,10 +159,11 @@ def test_a_cached_prefix_of_any_length_gives_the_same_answer(exact_engine) -> No
     assert agree == total, f"{agree} of {total} split points agree ({eng.dtype})"
 
 
-def test_a_follow_up_turn_on_cached_generated_tokens_gives_the_same_answer(exact_engine):
+def test_a_follow_up_turn_on_cached_generated_tokens_gives_the_same_answer(exact_engine,
+                                                                          questions) -> None:
     eng = exact_engine
     eng.flush_cache()
-    first = _chat(eng, QUESTIONS[0])
+    first = _chat(eng, questions[0])
     reply, _ = _answer(eng, first, 16)  # its KV comes from decode steps, and stays cached
     follow = first + reply + eng.tokenizer.encode(
         "<|im_end|>\n<|im_start|>user\nAnd of Italy?<|im_end|>\n<|im_start|>assistant\n")
@@ -169,9 +174,9 @@ def test_a_follow_up_turn_on_cached_generated_tokens_gives_the_same_answer(exact
     assert cached == 0 and warm == cold
 
 
-def test_alone_and_batched_give_the_same_answers(exact_engine) -> None:
+def test_alone_and_batched_give_the_same_answers(exact_engine, questions) -> None:
     eng = exact_engine
-    prompts = [_chat(eng, q) for q in QUESTIONS] + [
+    prompts = [_chat(eng, q) for q in questions] + [
         eng.tokenizer.encode(t) for t in ("The capital of France is", "def fibonacci(n):",
                                           "Once upon a time", "1, 2, 3, 4,")]
     eng.flush_cache()
