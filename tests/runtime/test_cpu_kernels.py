@@ -3,6 +3,7 @@ the fallback where they cannot be built."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -27,6 +28,8 @@ VARIANTS = ["native", "avx2"]
 def kernels(request) -> cpu_kernels.NativeKernels:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the engine uses the torch path (tested elsewhere)")
+    if os.environ.get("LMNB_NO_KERNELS") == "1":
+        pytest.skip("LMNB_NO_KERNELS=1: the engine uses the torch path (tested elsewhere)")
     if request.param == "native":
         native = cpu_kernels.load()
         assert native is not None, cpu_kernels.status()
