@@ -17,9 +17,13 @@
  * vectorises only across independent lanes (keys, or elements of dim).
  *
  * Speed: consecutive queries of one request (an extend) form a tile of up to 8 that shares
- * each block's keys, transposed once into [dim][16] (so a score is a vector FMA per d) and
- * widened from bf16 once; tiles are spread over OpenMP threads. Tiling changes which queries
- * are computed together, never a query's own arithmetic.
+ * each block's keys, transposed once into [dim][16] (16 x 16 in registers with AVX-512; a
+ * score is then a vector FMA per d) and widened from bf16 once; the score chains of up to 8
+ * (query, head) pairs and the weighted sums of up to 4 run interleaved, which hides the FMA
+ * latency; the k/v rows of the blocks ahead are prefetched (slots are scattered over the
+ * pool); tiles are spread over OpenMP threads. The AVX-512 code performs the same operations
+ * as the plain C beside it. Tiling changes which queries are computed together, never a
+ * query's own arithmetic.
  *
  * Layouts (all contiguous): q, out [num_q, heads, dim] fp32; k, v [slots, kv_heads, dim] fp32
  * or bf16; table [table_rows, table_stride] int64 slots; rows, lens [num_q] int64.
