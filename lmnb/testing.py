@@ -22,7 +22,8 @@ interpreter uses (`generate` -> a handle that streams and has `result()`, `token
 
 Tests of the language (interpreter, fork/join, errors, events, cancellation) and users' tests
 of their own programs run on it in milliseconds. Knows nothing of models or the engine; uses
-the runtime's stdlib-only `handle`, `detokenizer` and `params` modules (imported lazily).
+the runtime's stdlib-only `handle`, `detokenizer`, `params` and `submit` modules (imported
+lazily).
 """
 
 from __future__ import annotations
@@ -183,9 +184,10 @@ class ScriptedBackend:
     def generate(self, prompt: str | list[int], params: Any = None, **sampling: Any) -> Any:
         from lmnb.runtime.handle import GenerateHandle
         from lmnb.runtime.params import SamplingParams
+        from lmnb.runtime.submit import prompt_ids
 
         params = (params or SamplingParams()).merged(**sampling)
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        ids = prompt_ids(prompt, self.tokenizer)  # the engine's checks of the prompt's form
         if not ids:
             raise ValueError("the prompt is empty: give at least one token")
         if len(ids) >= self.max_context:

@@ -24,7 +24,13 @@ from lmnb.runtime import loader
 from lmnb.runtime.batch import ForwardBatch
 from lmnb.runtime.config import ModelConfig
 from lmnb.runtime.detokenizer import Detokenizer
-from lmnb.runtime.device import pick_device, pick_dtype, pick_kernels
+from lmnb.runtime.device import (
+    cpu_has_native_bf16,
+    cpu_name,
+    pick_device,
+    pick_dtype,
+    pick_kernels,
+)
 from lmnb.runtime.handle import GenerateHandle
 from lmnb.runtime.kv_pool import KVPool, ReqToToken
 from lmnb.runtime.model import LlamaModel
@@ -182,8 +188,6 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         """What this engine runs and why: device, dtype, kernels, weight packing, exactness."""
-        from lmnb.runtime.device import cpu_has_native_bf16, cpu_name
-
         paths = {lin.path for layer in self.model.layers
                  for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)}
         info = {

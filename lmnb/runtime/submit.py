@@ -3,16 +3,18 @@
 Owns the prompt's accepted forms (text, or a list of int token ids) and whether a request can
 ever run (not empty, inside the context, ids in the vocabulary, fits the pool). Sampling
 parameters check themselves (`SamplingParams.validate`). Knows nothing of the loop or the
-scheduler; every failure is a TypeError or ValueError that names the problem.
+scheduler; every failure is a TypeError or ValueError that names the problem. Imports nothing
+at run time beyond the standard library (lmnb.testing uses it without torch).
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lmnb.runtime.params import SamplingParams
-from lmnb.runtime.tokenizer import Tokenizer
+if TYPE_CHECKING:  # only its `encode`: the scripted test backend passes its own tokenizer
+    from lmnb.runtime.params import SamplingParams
+    from lmnb.runtime.tokenizer import Tokenizer
 
 
 def prompt_ids(prompt: Any, tokenizer: Tokenizer) -> list[int]:
