@@ -130,7 +130,7 @@ class Systems:
                                                 disable_radix_cache=True))
         self.hf: Any = None
         if with_hf:
-            from lmnb.hf_backend import HFRuntime
+            from hf_backend import HFRuntime
 
             self.hf = HFRuntime()
         for backend in self.backends().values():

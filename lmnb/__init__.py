@@ -6,7 +6,7 @@ on first use, or when a `Runtime` is made.
 
 import importlib
 
-from lmnb.api import (
+from lmnb.lang.api import (
     assistant,
     assistant_begin,
     assistant_end,
@@ -22,25 +22,27 @@ from lmnb.api import (
     user_begin,
     user_end,
 )
-from lmnb.backend import (
+from lmnb.lang.backend import (
+    Backend,
     Runtime,
     flush_cache,
     get_default_backend,
     get_server_info,
     set_default_backend,
 )
-from lmnb.choices import (
+from lmnb.lang.choices import (
     greedy_token_selection,
     token_length_normalized,
     unconditional_likelihood_normalized,
 )
-from lmnb.errors import MissingVariableError, ProgramError, RoleError
-from lmnb.function import Function
-from lmnb.state import ForkGroup, ProgramState
+from lmnb.lang.errors import MissingVariableError, ProgramError, RoleError
+from lmnb.lang.function import Function
+from lmnb.lang.state import ForkGroup, ProgramState
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backend",
     "ForkGroup",
     "Function",
     "MissingVariableError",

@@ -1,6 +1,6 @@
 """The notebook magics: `%%lmprogram` (run or define a program from a cell) and `%lmnb`.
 
-Owns parsing the magic lines, compiling a cell body into a real `lmnb.function` whose frames
+Owns parsing the magic lines, compiling a cell body into a real `lmnb.lang.function` whose frames
 point into the cell (so tracebacks show the cell's own lines), and controlling the default
 backend (`%lmnb start|stop|status|cache|flush|policy`). Widgets are imported only when a view is
 shown. Knows nothing of how programs run (the language layer) or how the runtime computes.

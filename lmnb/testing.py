@@ -36,7 +36,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmnb.chat import ChatTemplate
+from lmnb.lang.backend.base import Prompt, TokenBackend
+from lmnb.lang.chat import ChatTemplate
 
 Script = str | Mapping[str, str] | Callable[[str], str] | None
 
@@ -148,7 +149,7 @@ class _Generation:
     matched_stop: str | int | None = None
 
 
-class ScriptedBackend:
+class ScriptedBackend(TokenBackend):
     """A backend that replies from `script`; see the module docstring for what it honours.
 
     `script`: a string (the reply to every prompt), a mapping (the reply of the key that occurs
@@ -187,6 +188,8 @@ class ScriptedBackend:
         from lmnb.runtime.submit import prompt_ids
 
         params = (params or SamplingParams()).merged(**sampling)
+        if isinstance(prompt, Prompt):
+            prompt = prompt.ids
         ids = prompt_ids(prompt, self.tokenizer)  # the engine's checks of the prompt's form
         if not ids:
             raise ValueError("the prompt is empty: give at least one token")
@@ -399,11 +402,11 @@ def _partial_match(pattern: str, text: str) -> bool:
 @contextlib.contextmanager
 def default_backend(backend: Any) -> Iterator[Any]:
     """Make `backend` the default backend inside the block, then restore the previous one."""
-    import lmnb.backend
+    import lmnb.lang.backend
 
-    before = lmnb.backend._default
-    lmnb.backend.set_default_backend(backend)
+    before = lmnb.lang.backend.current_default_backend()
+    lmnb.lang.backend.set_default_backend(backend)
     try:
         yield backend
     finally:
-        lmnb.backend.set_default_backend(before)
+        lmnb.lang.backend.set_default_backend(before)

@@ -36,7 +36,7 @@ def engine_fp32(engine: Engine) -> Engine:
 def hf_fp32():
     """transformers' own model of the default model in float32 behind `HFRuntime` (its `.model`
     is the plain `AutoModelForCausalLM`), loaded once for every comparison with it."""
-    from lmnb.hf_backend import HFRuntime
+    from benchmarks.hf_backend import HFRuntime
 
     return HFRuntime(dtype="float32")
 

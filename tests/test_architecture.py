@@ -2,7 +2,8 @@
 
 `lmnb/runtime` never imports the language layer (any `lmnb` module outside `lmnb.runtime`),
 IPython, ipywidgets, traitlets or anywidget, not even inside a function or under
-TYPE_CHECKING. Every module under `lmnb/` opens with a docstring, and ARCHITECTURE.md names
+TYPE_CHECKING; `lmnb/server` may import only the runtime and itself; `lmnb/lang` never imports
+the notebook layer (magics, widgets, IPython...) nor the server. Every module under `lmnb/` opens with a docstring, and ARCHITECTURE.md names
 every module.
 """
 
@@ -17,6 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lmnb"
 RUNTIME = PACKAGE / "runtime"
+LANG = PACKAGE / "lang"
+SERVER = PACKAGE / "server"
 FORBIDDEN_TOP = {"IPython", "ipywidgets", "traitlets", "anywidget"}
 ESCAPED = "<beyond lmnb>"
 
@@ -34,26 +37,46 @@ def dotted_package(path: Path) -> list[str]:
     return list(path.relative_to(ROOT).with_suffix("").parts[:-1])
 
 
-def runtime_violation(module: str) -> str | None:
-    """Why importing `module` (absolute, dotted) from the runtime breaks the layering."""
+# the lmnb packages each layer may import (besides third-party ones outside FORBIDDEN_TOP)
+ALLOWED = {
+    "runtime": ("lmnb.runtime",),
+    "server": ("lmnb.runtime", "lmnb.server"),
+    "lang": ("lmnb.lang", "lmnb.runtime", "lmnb.testing", "lmnb"),
+}
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def layer_violation(layer: str, module: str) -> str | None:
+    """Why importing `module` (absolute, dotted) from `layer` breaks the layering."""
     if module.startswith(ESCAPED):
         return "a relative import escapes the lmnb package"
     top = module.split(".")[0]
     if top in FORBIDDEN_TOP:
         return f"imports {module} (notebook/widget layer)"
-    if top == "lmnb" and module != "lmnb.runtime" and not module.startswith("lmnb.runtime."):
-        return f"imports {module} (the language layer; only lmnb.runtime is allowed)"
+    if top != "lmnb":
+        return None
+    if layer == "lang":  # `lmnb` itself only for its public names, never the notebook layer
+        bad = any(_within(module, p) for p in ("lmnb.magics", "lmnb.widgets", "lmnb.server"))
+        return f"imports {module} (the notebook layer or the server)" if bad else None
+    if not any(_within(module, p) for p in ALLOWED[layer]):
+        allowed = " and ".join(ALLOWED[layer])
+        return f"imports {module} (outside its layer; only {allowed} allowed)"
     return None
 
 
 def import_violations(path: Path, source: str | None = None) -> list[str]:
-    """'file:line: reason' for every import in `path` that leaves the runtime layer."""
+    """'file:line: reason' for every import in `path` that leaves its layer (the folder under
+    lmnb/ it sits in: runtime, server or lang)."""
+    layer = path.relative_to(PACKAGE).parts[0]
     source = path.read_text(encoding="utf-8") if source is None else source
     tree = ast.parse(source, filename=str(path))
     found: list[str] = []
     for node in ast.walk(tree):
         for module in imported_modules(path, node):
-            why = runtime_violation(module)
+            why = layer_violation(layer, module)
             if why:
                 found.append(f"{rel(path)}:{node.lineno}: {why}")
     return found
@@ -106,14 +129,29 @@ def test_runtime_never_imports_the_language_or_notebook_layers(path: Path) -> No
     assert not found, "runtime imports outside its layer:\n" + "\n".join(found)
 
 
+@pytest.mark.parametrize("path", modules(LANG) + modules(SERVER), ids=rel)
+def test_language_and_server_keep_to_their_layers(path: Path) -> None:
+    found = import_violations(path)
+    assert not found, "imports outside the layer:\n" + "\n".join(found)
+
+
 @pytest.mark.parametrize(
     ("where", "source", "bad"),
     [
+        ("lang/x.py", "from lmnb.lang.ir import Gen\nfrom lmnb.runtime.params import P", False),
+        ("lang/backend/x.py", "from ..chat import ChatTemplate\nimport httpx", False),
+        ("lang/x.py", "from lmnb.widgets import Dashboard", True),
+        ("lang/x.py", "def f():\n    import lmnb.magics", True),
+        ("lang/x.py", "import IPython", True),
+        ("lang/x.py", "from lmnb.server.app import create_app", True),
+        ("server/x.py", "from lmnb.runtime import Engine\nimport fastapi", False),
+        ("server/x.py", "from lmnb.lang.chat import ChatTemplate", True),
+        ("server/x.py", "import lmnb", True),
         ("runtime/x.py", "import torch\nfrom lmnb.runtime.kv_pool import KVPool", False),
         ("runtime/x.py", "from lmnb import runtime\nimport lmnb.runtime.engine", False),
         ("runtime/x.py", "from . import kv_pool\nfrom .grammar.state import GrammarState", False),
         ("runtime/grammar/x.py", "from ..radix_cache import Node", False),
-        ("runtime/x.py", "def f():\n    import lmnb.state", True),
+        ("runtime/x.py", "def f():\n    import lmnb.lang.state", True),
         ("runtime/x.py", "from lmnb import gen", True),
         ("runtime/x.py", "import lmnb", True),
         ("runtime/x.py", "from lmnb.widgets.tree import TreeView", True),
@@ -125,9 +163,9 @@ def test_runtime_never_imports_the_language_or_notebook_layers(path: Path) -> No
         ("runtime/x.py", "from ipywidgets import DOMWidget", True),
         ("runtime/x.py", "from traitlets import Unicode", True),
         ("runtime/x.py", "import anywidget", True),
-        ("runtime/x.py", "import importlib\nimportlib.import_module('lmnb.api')", True),
+        ("runtime/x.py", "import importlib\nimportlib.import_module('lmnb.lang.api')", True),
         ("runtime/x.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                         "    from lmnb.state import ProgramState", True),
+                         "    from lmnb.lang.state import ProgramState", True),
     ],
 )
 def test_the_import_check_itself(where: str, source: str, bad: bool) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 def engine_of(runtime_or_engine: Any = None) -> Any:
     if runtime_or_engine is None:
-        from lmnb.backend import get_default_backend
+        from lmnb.lang.backend import get_default_backend
 
         runtime_or_engine = get_default_backend()
     engine = getattr(runtime_or_engine, "engine", runtime_or_engine)

@@ -15,7 +15,7 @@ from typing import Any
 
 import traitlets
 
-from lmnb.events import CATEGORIES
+from lmnb.lang.events import CATEGORIES
 from lmnb.widgets.base import ProgramView
 
 STYLE = {  # category -> (inline style, legend)

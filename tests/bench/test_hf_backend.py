@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from lmnb.hf_backend import HFRuntime
+from benchmarks.hf_backend import HFRuntime
 from lmnb.runtime import SamplingParams
 
 PROMPT = "The capital of France is Paris. The capital of Italy is"

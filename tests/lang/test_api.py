@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 import lmnb as lm
-from lmnb.ir import ExprList, Gen, RoleBegin, RoleEnd, Select, Text, flatten
-from lmnb.sampling import cut_number_end, regex_for_dtype, sampling_overrides
+from lmnb.lang.ir import ExprList, Gen, RoleBegin, RoleEnd, Select, Text, flatten
+from lmnb.lang.sampling import cut_number_end, regex_for_dtype, sampling_overrides
 
 
 def test_plus_builds_flat_expression_lists():

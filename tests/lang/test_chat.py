@@ -5,7 +5,7 @@ from __future__ import annotations
 import jinja2
 import pytest
 
-from lmnb.chat import ChatTemplate
+from lmnb.lang.chat import ChatTemplate
 
 LLAMA3 = (
     "{{ bos_token }}{% for m in messages %}"

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from lmnb.events import EventLog
+from lmnb.lang.events import EventLog
 
 
 def test_record_filter_and_subscribe_with_replay():

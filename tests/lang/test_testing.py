@@ -9,7 +9,7 @@ import time
 import pytest
 
 import lmnb as lm
-from lmnb.control import Cancelled
+from lmnb.lang.control import Cancelled
 from lmnb.runtime.params import SamplingParams
 from lmnb.testing import MATCH_LOGPROB, MISS_LOGPROB, ScriptedBackend, WordTokenizer
 

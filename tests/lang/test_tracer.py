@@ -5,8 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import lmnb as lm
-from lmnb.ir import RoleBegin, RoleEnd, Text
-from lmnb.tracer import plain_svg
+from lmnb.lang.ir import RoleBegin, RoleEnd, Text
+from lmnb.lang.tracer import plain_svg
 
 
 @lm.function

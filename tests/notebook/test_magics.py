@@ -19,8 +19,8 @@ from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 
 import lmnb as lm
-import lmnb.backend
-from lmnb.control import Cancelled
+import lmnb.lang.backend
+from lmnb.lang.control import Cancelled
 from lmnb.magics import LmnbMagics, parse_program_line
 from lmnb.widgets.text import progress
 from tests.conftest import assert_slots_accounted, wait_idle
@@ -30,7 +30,7 @@ GREET = 's += user("Say hi in three words")\ns += assistant(gen("a"))\n'
 
 @pytest.fixture(scope="module")
 def ip(engine):
-    before = lmnb.backend._default
+    before = lmnb.lang.backend.current_default_backend()
     lm.set_default_backend(lm.Runtime(engine=engine))
     shell = start_ipython()
     shell.run_line_magic("load_ext", "lmnb")
@@ -149,7 +149,7 @@ def test_lmnb_start_uses_config_defaults_and_stop(ip, monkeypatch) -> None:
         def shutdown(self):
             made.append("shutdown")
 
-    before = lmnb.backend._default
+    before = lmnb.lang.backend.current_default_backend()
     monkeypatch.setattr(lm, "Runtime", FakeRuntime)
     magics = ip.magics_manager.registry["LmnbMagics"]
     monkeypatch.setattr(magics, "max_tokens_in_cache", 512)
@@ -157,9 +157,9 @@ def test_lmnb_start_uses_config_defaults_and_stop(ip, monkeypatch) -> None:
         with capture_output():
             ip.run_line_magic("lmnb", "start --policy fcfs")
         assert made == [(None, {"policy": "fcfs", "max_tokens_in_cache": 512})]
-        assert isinstance(lmnb.backend._default, FakeRuntime)
+        assert isinstance(lmnb.lang.backend.current_default_backend(), FakeRuntime)
         ip.run_line_magic("lmnb", "stop")
-        assert made[-1] == "shutdown" and lmnb.backend._default is None
+        assert made[-1] == "shutdown" and lmnb.lang.backend.current_default_backend() is None
     finally:
         lm.set_default_backend(before)
 

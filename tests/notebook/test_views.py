@@ -10,8 +10,8 @@ import pytest
 
 import lmnb as lm
 import lmnb.widgets.tree as tree_module
-from lmnb.control import Cancelled
-from lmnb.events import CATEGORIES
+from lmnb.lang.control import Cancelled
+from lmnb.lang.events import CATEGORIES
 from lmnb.widgets import Dashboard, RadixTreeView, TokenStreamView, TraceView
 from lmnb.widgets.trace_svg import trace_model, trace_svg
 from tests.conftest import assert_slots_accounted, wait_idle

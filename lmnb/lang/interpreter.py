@@ -21,11 +21,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from lmnb.control import Cancelled, RunControl, TrackedBackend
-from lmnb.errors import MissingVariableError, ProgramError, Site, call_site
-from lmnb.events import EventLog, Segment, StreamRecorder, TokenLedger
-from lmnb.handlers import NodeHandlers
-from lmnb.ir import Expr, Fork, SetVar, flatten
+from lmnb.lang.backend.base import Prompt
+from lmnb.lang.control import Cancelled, RunControl, TrackedBackend
+from lmnb.lang.errors import MissingVariableError, ProgramError, Site, call_site
+from lmnb.lang.events import EventLog, Segment, StreamRecorder, TokenLedger
+from lmnb.lang.handlers import NodeHandlers
+from lmnb.lang.ir import Expr, Fork, SetVar, flatten
 
 
 @dataclass(frozen=True)
@@ -254,10 +255,17 @@ class StreamExecutor(NodeHandlers):
                 self._stream.append((self._names(name), text))
             self._cond.notify_all()
 
+    def prompt(self) -> Prompt:
+        """The state as a backend call sees it (ids stay empty on a text backend)."""
+        with self._cond:
+            role_text = self.text[self._role_start :] if self.role is not None else ""
+            return Prompt(list(self.ids), self.text, list(self.messages), self.role, role_text)
+
     def _append_text(self, text: str) -> None:
         if not text:
             return
-        ids = self.backend.tokenizer.encode(text)
+        tokenizer = self.backend.tokenizer
+        ids = tokenizer.encode(text) if tokenizer is not None else []
         self._append(text, ids)
         self.events.tokens(None, text, len(ids), "text")
 

@@ -1,4 +1,4 @@
-"""`@lmnb.function`: a program, and how it runs (`run`, `run_batch`) and traces (`trace`).
+"""`@lmnb.lang.function`: a program, and how it runs (`run`, `run_batch`) and traces (`trace`).
 
 Owns splitting a call's keyword arguments into program arguments and sampling defaults, running
 the body (in the caller's thread, or a thread of its own when streaming, or a pool for batches),
@@ -15,15 +15,15 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Any
 
-from lmnb import calls
-from lmnb.backend import get_default_backend
-from lmnb.errors import ProgramError, site_in_traceback
-from lmnb.interpreter import StreamExecutor
-from lmnb.sampling import sampling_overrides
-from lmnb.state import ProgramState
+from lmnb.lang import calls
+from lmnb.lang.backend import get_default_backend
+from lmnb.lang.errors import ProgramError, site_in_traceback
+from lmnb.lang.interpreter import StreamExecutor
+from lmnb.lang.sampling import sampling_overrides
+from lmnb.lang.state import ProgramState
 
 if TYPE_CHECKING:
-    from lmnb.tracer import ProgramGraph
+    from lmnb.lang.tracer import ProgramGraph
 
 MAX_BATCH_THREADS = 64
 
@@ -95,7 +95,7 @@ class Function:
 
     def trace(self, *args: Any, **kwargs: Any) -> ProgramGraph:
         """The program's graph, with arguments not given left as placeholders."""
-        from lmnb.tracer import trace
+        from lmnb.lang.tracer import trace
 
         return trace(self, *args, **kwargs)
 
@@ -108,9 +108,9 @@ class Function:
         for node in nodes:
             scratch += node
         scratch._ex.close()
-        ids = scratch.token_ids()
-        calls.commit_prefix(backend, ids)
-        return len(ids)
+        prompt = scratch.sync()._ex.prompt()
+        calls.commit_prefix(backend, prompt)
+        return len(prompt.ids) if prompt.ids else len(prompt.text)
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -146,7 +146,7 @@ class Function:
         return state
 
     def __repr__(self) -> str:
-        return f"<lmnb.function {self.name}{self.signature}>"
+        return f"<lmnb.lang.function {self.name}{self.signature}>"
 
 
 def _sampling_params(**overrides: Any) -> Any:

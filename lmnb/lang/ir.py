@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from lmnb.choices import ChoicesMethod
+from lmnb.lang.choices import ChoicesMethod
 
 
 class Expr:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lmnb.choices import ChoicesMethod, resolve_method
-from lmnb.function import Function
-from lmnb.ir import Expr, ExprList, Gen, RoleBegin, RoleEnd, Select, as_expr
-from lmnb.sampling import as_dtype, gen_regex, sampling_overrides
+from lmnb.lang.choices import ChoicesMethod, resolve_method
+from lmnb.lang.function import Function
+from lmnb.lang.ir import Expr, ExprList, Gen, RoleBegin, RoleEnd, Select, as_expr
+from lmnb.lang.sampling import as_dtype, gen_regex, sampling_overrides
 
 
 def function(
@@ -83,7 +83,8 @@ def select(
     temperature: float = 0.0,
     choices_method: ChoicesMethod | str | None = None,
 ) -> Select:
-    """Pick the most likely of `choices` (see `lmnb.choices`); all scores go to the meta info."""
+    """Pick the most likely of `choices` (see `lmnb.lang.choices`); all scores go to the meta
+    info."""
     if not choices:
         raise ValueError("select needs a non-empty list of choices")
     return Select(name, tuple(choices), resolve_method(choices_method), temperature)

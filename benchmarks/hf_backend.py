@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from lmnb.chat import ChatTemplate
+from lmnb.lang.backend.base import TokenBackend, prompt_ids
+from lmnb.lang.chat import ChatTemplate
 
 
 @dataclass
@@ -86,7 +87,7 @@ class _Decoding:
     decode_steps: int = 0
 
 
-class HFRuntime:
+class HFRuntime(TokenBackend):
     """transformers' `AutoModelForCausalLM` behind the language's backend interface.
 
     `model` is an HF folder or a `.gguf` path as `Engine` takes it (default: the default model,
@@ -132,7 +133,7 @@ class HFRuntime:
         from lmnb.runtime.params import SamplingParams
 
         params = (params or SamplingParams()).merged(**sampling)
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt_ids(prompt)
         if not ids:
             raise ValueError("the prompt is empty: give at least one token")
         if len(ids) >= self.max_context:

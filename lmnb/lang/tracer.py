@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmnb.ir import (
+from lmnb.lang.ir import (
     Argument,
     Expr,
     ExprList,
@@ -39,7 +39,7 @@ from lmnb.ir import (
     flatten,
     unmark,
 )
-from lmnb.state import ForkGroup, StateBase
+from lmnb.lang.state import ForkGroup, StateBase
 
 COLORS = {
     "text": "#f2f2f2",

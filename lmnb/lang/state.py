@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from lmnb.errors import ProgramError, call_site
-from lmnb.events import EventLog, TraceEvent
-from lmnb.handlers import JOIN_MODES
-from lmnb.interpreter import StreamExecutor
-from lmnb.ir import (
+from lmnb.lang.errors import ProgramError, call_site
+from lmnb.lang.events import EventLog, TraceEvent
+from lmnb.lang.handlers import JOIN_MODES
+from lmnb.lang.interpreter import StreamExecutor
+from lmnb.lang.ir import (
     Expr,
     Fork,
     Join,

@@ -51,10 +51,21 @@ class TrackedBackend:
         self.inner = backend
         self.control = control
 
-    def generate(self, prompt: list[int], params: Any) -> Any:
+    def generate(self, prompt: Any, params: Any) -> Any:
+        self._check()
+        return self.control.track(self.inner.generate(prompt, params))
+
+    def select(self, prompt: Any, choices: Any, method: Any, track: Any = None) -> Any:
+        self._check()
+        return self.inner.select(prompt, choices, method, track=self.control.track)
+
+    def commit(self, prompt: Any, track: Any = None) -> dict[str, int]:
+        self._check()
+        return self.inner.commit(prompt, track=self.control.track)
+
+    def _check(self) -> None:
         if self.control.cancelled:
             raise Cancelled("the program was cancelled")
-        return self.control.track(self.inner.generate(prompt, params))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmnb import calls
-from lmnb.control import Cancelled
-from lmnb.errors import RoleError
-from lmnb.events import ModelCall
-from lmnb.ir import (
+from lmnb.lang import calls
+from lmnb.lang.control import Cancelled
+from lmnb.lang.errors import RoleError
+from lmnb.lang.events import ModelCall
+from lmnb.lang.ir import (
     Expr,
     Fork,
     Gen,
@@ -63,8 +63,9 @@ class NodeHandlers:
         self.events.start("gen", node.name)
         params = self.defaults.merged(**node.overrides)
         on_chunk = lambda text, num_tokens: self._stream_chunk(node.name, text, num_tokens)
-        prefix = list(self.ids)
-        piece = calls.generate(self.backend, prefix, params, node.dtype, on_chunk)
+        prompt = self.prompt()
+        prefix = prompt.ids
+        piece = calls.generate(self.backend, prompt, params, node.dtype, on_chunk)
         if self.control.cancelled:
             raise Cancelled("the program was cancelled")
         self._record_call(len(prefix), piece.counts.get("cached_tokens", 0), "gen")
@@ -74,9 +75,10 @@ class NodeHandlers:
 
     def _select(self, node: Select) -> None:
         self.events.start("select", node.name)
-        prefix = list(self.ids)
-        piece = calls.select(self.backend, prefix, node.choices, node.method)
-        self._record_call(len(prefix), min(piece.meta["cached_tokens"]), "select")
+        prompt = self.prompt()
+        prefix = prompt.ids
+        piece = calls.select(self.backend, prompt, node.choices, node.method)
+        self._record_call(len(prefix), min(piece.meta.get("cached_tokens") or [0]), "select")
         self._append(piece.text, piece.ids, node.name, kind="select")
         self._finish(node.name, "select", piece)
 
@@ -114,7 +116,7 @@ class NodeHandlers:
     def _fork(self, node: Fork) -> None:
         self.events.start("fork")
         # Commit the shared prefix once, so that every child hits it.
-        counts = calls.commit_prefix(self.backend, list(self.ids))
+        counts = calls.commit_prefix(self.backend, self.prompt())
         if counts:
             self._record_call(len(self.ids), counts["cached_tokens"], "fork")
         for child in node.children:
