@@ -18,7 +18,9 @@ from lmnb.lang.sampling import as_dtype, gen_regex, sampling_overrides
 def function(
     func: Callable[..., Any] | None = None, num_api_spec_tokens: int | None = None
 ) -> Function | Callable[[Callable[..., Any]], Function]:
-    """`@function` or `@function(num_api_spec_tokens=...)` (kept for API backends; unused here)."""
+    """`@function` or `@function(num_api_spec_tokens=N)`: on an API backend (`OpenAI`), an
+    assistant turn with several gens is asked for once, N tokens, and the later gens are matched
+    in that output (API speculative execution); token backends ignore N."""
     if func is not None:
         return Function(func, num_api_spec_tokens=num_api_spec_tokens)
     return lambda f: Function(f, num_api_spec_tokens=num_api_spec_tokens)

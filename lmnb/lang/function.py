@@ -121,7 +121,9 @@ class Function:
         return program_kwargs, _sampling_params(**sampling_overrides(**sampling))
 
     def _new_state(self, backend: Any, defaults: Any) -> ProgramState:
-        return ProgramState(StreamExecutor(backend, defaults, self.name).start())
+        executor = StreamExecutor(backend, defaults, self.name,
+                                  api_spec_tokens=self.num_api_spec_tokens or 0)
+        return ProgramState(executor.start())
 
     def _run_body(self, state: ProgramState, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
         try:

@@ -99,6 +99,7 @@ class NodeHandlers:
         self._append_text(template.prefix(node.role))
         self.role = node.role
         self._role_start = len(self.text)
+        self._turn += 1
 
     def _role_end(self, node: RoleEnd) -> None:
         if self.role != node.role:

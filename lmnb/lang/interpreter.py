@@ -46,8 +46,10 @@ class StreamExecutor(NodeHandlers):
         log: EventLog | None = None,
         owner: threading.Thread | None = None,
         control: RunControl | None = None,
+        api_spec_tokens: int = 0,
     ) -> None:
         self.control = control or RunControl()
+        self.api_spec_tokens = api_spec_tokens  # @function(num_api_spec_tokens=N), for APIs
         if not isinstance(backend, TrackedBackend):
             backend = TrackedBackend(backend, self.control)
         self.backend = backend
@@ -67,6 +69,7 @@ class StreamExecutor(NodeHandlers):
         self.messages: list[dict[str, str]] = []
         self.role: str | None = None
         self._role_start = 0
+        self._turn = 0  # counts role turns begun: (state, turn) keys a turn's speculation
         self._scopes: dict[str, int] = {}  # open var scopes -> text offset
         self._fork_start = (0, 0)  # (text offset, ids offset) where this fork child began
         self._new_vars: list[str] = []  # names set since this child was forked, in order
@@ -89,7 +92,8 @@ class StreamExecutor(NodeHandlers):
     def spawn_child(self) -> StreamExecutor:
         """A child that starts once this state's `Fork` op has run."""
         child = StreamExecutor(
-            self.backend, self.defaults, self.program, self.events.log, self.owner, self.control
+            self.backend, self.defaults, self.program, self.events.log, self.owner, self.control,
+            self.api_spec_tokens,
         )
         self.children.append(child)
         child._thread.start()
@@ -259,7 +263,8 @@ class StreamExecutor(NodeHandlers):
         """The state as a backend call sees it (ids stay empty on a text backend)."""
         with self._cond:
             role_text = self.text[self._role_start :] if self.role is not None else ""
-            return Prompt(list(self.ids), self.text, list(self.messages), self.role, role_text)
+            return Prompt(list(self.ids), self.text, list(self.messages), self.role, role_text,
+                          self.api_spec_tokens, (id(self), self._turn))
 
     def _append_text(self, text: str) -> None:
         if not text:

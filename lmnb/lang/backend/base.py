@@ -21,13 +21,17 @@ from lmnb.lang.choices import ChoicesMethod
 @dataclass(frozen=True)
 class Prompt:
     """A state at the moment of a call: its ids (empty on a text backend), its text, its closed
-    chat turns, and the open role with the text appended inside it so far."""
+    chat turns, the open role with the text appended inside it so far, the program's
+    `num_api_spec_tokens` (0: no API speculative execution) and a key unique to the open turn
+    of this state (a backend keeps a turn's speculative output under it)."""
 
     ids: list[int]
     text: str
     messages: list[dict[str, str]] = field(default_factory=list)
     role: str | None = None
     role_text: str = ""
+    api_spec_tokens: int = 0
+    turn: tuple[int, int] = (0, 0)
 
 
 class Chunk(Protocol):
