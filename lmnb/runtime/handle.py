@@ -6,6 +6,7 @@ nothing of the model or scheduling; `cancel` asks the engine through a callback.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -55,15 +56,24 @@ class GenerateHandle:
         self._done = threading.Event()
         self._result: GenerateResult | None = None
         self._error: BaseException | None = None
+        self._notify: Callable[[], None] | None = None
 
     # ---- engine side ----------------------------------------------------------------------
     def _push(self, chunk: StreamChunk) -> None:
         self._chunks.put(chunk)
+        self._wake()
 
     def _finish(self, result: GenerateResult | None, error: BaseException | None = None) -> None:
         self._result, self._error = result, error
         self._done.set()
         self._chunks.put(_DONE)
+        self._wake()
+
+    def _wake(self) -> None:
+        notify = self._notify
+        if notify is not None:
+            with contextlib.suppress(Exception):  # a consumer's callback never breaks the loop
+                notify()
 
     # ---- caller side ----------------------------------------------------------------------
     def __iter__(self) -> Iterator[StreamChunk]:
@@ -74,6 +84,26 @@ class GenerateHandle:
                     raise self._error
                 return
             yield item
+
+    def set_notify(self, notify: Callable[[], None] | None) -> None:
+        """Have `notify()` called after every chunk and at the finish, from the engine's thread
+        (it must return at once; an exception is ignored). With `drain`, an event loop waits
+        for a stream without a thread blocked on it."""
+        self._notify = notify
+
+    def drain(self) -> list[StreamChunk]:
+        """The chunks streamed and not yet taken, without blocking. Chunks pushed before
+        `done()` became true are all there once it is; use either this or iteration."""
+        chunks = []
+        while True:
+            try:
+                item = self._chunks.get_nowait()
+            except queue.Empty:
+                return chunks
+            if item is _DONE:
+                self._chunks.put(_DONE)  # the end marker stays for an iterator
+                return chunks
+            chunks.append(item)
 
     def done(self) -> bool:
         return self._done.is_set()
