@@ -87,7 +87,7 @@ class OutputProcessor:
         reqs, rows, bans = [], [], []
         for req, row in to_sample:
             try:
-                bans.append(self._banned_row(req))
+                bans.append(self.banned_row(req))
             except Exception as exc:
                 _fail(req, exc, done)
                 continue
@@ -95,7 +95,7 @@ class OutputProcessor:
             rows.append(row)
         if not reqs:
             return
-        gens = [self._generator(r) for r in reqs]
+        gens = [self.generator_for(r) for r in reqs]
         states = {id(g): (g, g.get_state()) for g in gens if g is not None}
         try:
             results: list = list(zip(*self._sample_rows(reqs, rows, gens, bans)))
@@ -114,7 +114,7 @@ class OutputProcessor:
                 _fail(req, res, done)
                 continue
             try:
-                if self._append(req, *res):
+                if self.append_token(req, *res):
                     done.append(req)
                 else:
                     self._stream(req, final=False)
@@ -143,7 +143,7 @@ class OutputProcessor:
             nxt = torch.tensor([req.prompt_ids[q + 1] for _, q in picks])
             req.prompt_logprobs.extend(lp.gather(1, nxt[:, None])[:, 0].tolist())
 
-    def _generator(self, req: Req) -> torch.Generator | None:
+    def generator_for(self, req: Req) -> torch.Generator | None:
         if req.params.greedy:
             return None
         if req.params.seed is None:
@@ -152,7 +152,7 @@ class OutputProcessor:
             self._seeded[req.rid] = torch.Generator().manual_seed(req.params.seed)
         return self._seeded[req.rid]
 
-    def _banned_row(self, req: Req) -> np.ndarray | None:
+    def banned_row(self, req: Req) -> np.ndarray | None:
         """[vocab] bool, True where a token may not be sampled (None: nothing banned)."""
         mask_stops = len(req.output_ids) < req.params.min_new_tokens or req.params.ignore_eos
         if req.grammar is None and not mask_stops:
@@ -167,7 +167,7 @@ class OutputProcessor:
             banned[[s for s in stops if 0 <= s < self.vocab_size]] = True
         return banned
 
-    def _append(self, req: Req, tok: int, lp: float) -> bool:
+    def append_token(self, req: Req, tok: int, lp: float) -> bool:
         """Add a sampled token (and any forced ones); True when the request has finished."""
         p = req.params
         req.decode_steps += 1

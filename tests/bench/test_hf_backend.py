@@ -64,3 +64,22 @@ def test_stats_count_requests(hf: HFRuntime) -> None:
     assert after["prompt_tokens"] - before["prompt_tokens"] == 4
     assert after["generated_tokens"] - before["generated_tokens"] == 2
     assert after["cached_tokens"] == 0 and after["hit_rate"] == 0.0
+
+
+def test_a_fault_fails_its_request_alone(hf: HFRuntime, monkeypatch) -> None:
+    """As in the engine: an error while handling one request's token (here injected where a
+    rejected grammar token would raise) fails that request's handle, and the next one runs."""
+    real = hf.outputs.append_token
+    calls = []
+
+    def once(req, tok, lp):
+        calls.append(tok)
+        if len(calls) == 1:
+            raise RuntimeError("injected fault")
+        return real(req, tok, lp)
+
+    monkeypatch.setattr(hf.outputs, "append_token", once)
+    handle = hf.generate(PROMPT, SamplingParams(max_new_tokens=4))
+    with pytest.raises(RuntimeError, match="injected fault"):
+        handle.result()
+    assert hf.generate(PROMPT, SamplingParams(max_new_tokens=4)).result().completion_tokens == 4

@@ -137,7 +137,7 @@ def test_a_failing_request_fails_alone(small, monkeypatch, where) -> None:
 
         monkeypatch.setattr(outputs, "sample", sample)
     else:
-        name = {"banned": "_banned_row", "append": "_append",
+        name = {"banned": "banned_row", "append": "append_token",
                 "prompt_logprobs": "_prompt_logprobs", "deliver": "deliver"}[where]
         real = getattr(proc, name)
 
