@@ -16,6 +16,7 @@ Knows nothing of the user-facing `ProgramState`; model calls go through `calls`.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ from lmnb.lang.errors import MissingVariableError, ProgramError, Site, call_site
 from lmnb.lang.events import EventLog, Segment, StreamRecorder, TokenLedger
 from lmnb.lang.handlers import NodeHandlers
 from lmnb.lang.ir import Expr, Fork, SetVar, flatten
+
+# Keys states for the backends that keep something per turn (ids could be reused after a
+# state is collected, and a backend must never serve one state's turn to another).
+_STATE_KEYS = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class StreamExecutor(NodeHandlers):
         self.role: str | None = None
         self._role_start = 0
         self._turn = 0  # counts role turns begun: (state, turn) keys a turn's speculation
+        self._key = next(_STATE_KEYS)
         self._scopes: dict[str, int] = {}  # open var scopes -> text offset
         self._fork_start = (0, 0)  # (text offset, ids offset) where this fork child began
         self._new_vars: list[str] = []  # names set since this child was forked, in order
@@ -264,7 +270,7 @@ class StreamExecutor(NodeHandlers):
         with self._cond:
             role_text = self.text[self._role_start :] if self.role is not None else ""
             return Prompt(list(self.ids), self.text, list(self.messages), self.role, role_text,
-                          self.api_spec_tokens, (id(self), self._turn))
+                          self.api_spec_tokens, (self._key, self._turn))
 
     def _append_text(self, text: str) -> None:
         if not text:
