@@ -24,6 +24,7 @@ from lmnb.lang.api import (
 )
 from lmnb.lang.backend import (
     Backend,
+    OpenAI,
     Runtime,
     flush_cache,
     get_default_backend,
@@ -46,6 +47,7 @@ __all__ = [
     "ForkGroup",
     "Function",
     "MissingVariableError",
+    "OpenAI",
     "ProgramError",
     "ProgramState",
     "RoleError",

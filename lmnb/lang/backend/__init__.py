@@ -10,12 +10,14 @@ from lmnb.lang.backend.default import (
     get_server_info,
     set_default_backend,
 )
+from lmnb.lang.backend.openai import OpenAI
 from lmnb.lang.backend.runtime import Runtime
 
 __all__ = [
     "Backend",
     "Choice",
     "Handle",
+    "OpenAI",
     "Prompt",
     "Result",
     "Runtime",
