@@ -12,6 +12,7 @@ from lmnb.lang.backend.default import (
 )
 from lmnb.lang.backend.openai import OpenAI
 from lmnb.lang.backend.runtime import Runtime
+from lmnb.lang.backend.runtime_endpoint import RuntimeEndpoint
 
 __all__ = [
     "Backend",
@@ -21,6 +22,7 @@ __all__ = [
     "Prompt",
     "Result",
     "Runtime",
+    "RuntimeEndpoint",
     "TokenBackend",
     "current_default_backend",
     "flush_cache",
