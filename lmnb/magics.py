@@ -2,8 +2,10 @@
 
 Owns parsing the magic lines, compiling a cell body into a real `lmnb.lang.function` whose frames
 point into the cell (so tracebacks show the cell's own lines), and controlling the default
-backend (`%lmnb start|stop|status|cache|flush|policy`). Widgets are imported only when a view is
-shown. Knows nothing of how programs run (the language layer) or how the runtime computes.
+backend (`%lmnb start|connect|stop|status|cache|flush|policy`; `connect` makes it a
+`RuntimeEndpoint` on a remote server, so cells and views run on and draw that runtime).
+Widgets are imported only when a view is shown. Knows nothing of how programs run (the
+language layer) or how the runtime computes.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class LmnbMagics(Magics):
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self.started: lm.Runtime | None = None  # the runtime `%lmnb start` made, if any
+        self.connected: lm.RuntimeEndpoint | None = None  # the endpoint of `%lmnb connect`
 
     # ---- %%lmprogram ----------------------------------------------------------------------
 
@@ -183,11 +186,12 @@ class LmnbMagics(Magics):
 
     @line_magic
     def lmnb(self, line: str) -> Any:
-        """`%lmnb start [--model M] [--policy P] [--max-tokens-in-cache N]|stop|status|cache|
-        flush|policy NAME`."""
+        """`%lmnb start [--model M] [--policy P] [--max-tokens-in-cache N]|connect URL
+        [--api-key K]|stop|status|cache|flush|policy NAME`."""
         words = shlex.split(line)
         if not words:
-            raise UsageError("%lmnb: give a command: start, stop, status, cache, flush, policy")
+            raise UsageError("%lmnb: give a command: start, connect, stop, status, cache, "
+                             "flush, policy")
         command, args = words[0], words[1:]
         handler = getattr(self, f"_cmd_{command}", None)
         if handler is None:
@@ -209,11 +213,33 @@ class LmnbMagics(Magics):
         lm.set_default_backend(self.started)
         print(f"lmnb: started {self.started.engine.model_name} ({opts.policy})")
 
+    def _cmd_connect(self, args: list[str]) -> None:
+        """Make a remote runtime (`lmnb serve`, an SGLang server or router) the default."""
+        p = argparse.ArgumentParser(prog="%lmnb connect", add_help=False, exit_on_error=False)
+        p.add_argument("url")
+        p.add_argument("--api-key", default=None)
+        try:
+            opts = p.parse_args(args)
+        except (argparse.ArgumentError, SystemExit) as exc:
+            raise UsageError(f"%lmnb connect URL [--api-key KEY]: {exc}") from None
+        endpoint = lm.RuntimeEndpoint(opts.url, api_key=opts.api_key)
+        self._cmd_stop([])
+        self.connected = endpoint
+        lm.set_default_backend(endpoint)
+        endpoint.tokenizer  # noqa: B018 - find the mode now, to say it
+        print(f"lmnb: connected to {endpoint.base_url} ({endpoint.get_model_name()}; "
+              f"{endpoint.tokenizer_reason})")
+
     def _cmd_stop(self, args: list[str]) -> None:
-        """Stops the runtime `%lmnb start` made; a runtime set elsewhere is only unset."""
+        """Stops the runtime `%lmnb start` made, or disconnects from the one `%lmnb connect`
+        chose; a runtime set elsewhere is only unset."""
         if self.started is not None:
             self.started.shutdown()
             self.started = None
+        if self.connected is not None:
+            # its HTTP client is not closed: views still on screen may go on reading it
+            print(f"lmnb: disconnected from {self.connected.base_url}")
+            self.connected = None
         lm.set_default_backend(None)
 
     def _cmd_status(self, args: list[str]) -> dict[str, Any]:
@@ -233,6 +259,9 @@ class LmnbMagics(Magics):
     def _cmd_policy(self, args: list[str]) -> None:
         if len(args) != 1:
             raise UsageError("%lmnb policy NAME (lpm, dfs-weight, fcfs)")
+        if isinstance(lm.get_default_backend(), lm.RuntimeEndpoint):
+            raise UsageError("%lmnb policy: a remote runtime's policy is the server's to set "
+                             "(lmnb serve --policy NAME)")
         try:
             lm.get_default_backend().engine.set_policy(args[0])
         except (ValueError, KeyError) as exc:
@@ -241,10 +270,25 @@ class LmnbMagics(Magics):
 
 
 def runtime_status(backend: Any) -> dict[str, Any]:
-    """Model, dtype, device, pool use and hit rate of a runtime, as plain data."""
-    eng = backend.engine
-    st = eng.stats()
-    info = eng.describe()
+    """Model, dtype, device, pool use and hit rate of a runtime, as plain data; for a remote
+    one, where it is connected and what its `get_server_info()` tells."""
+    if isinstance(backend, lm.RuntimeEndpoint):
+        return remote_status(backend)
+    return engine_status(backend.engine.describe(), backend.engine.stats())
+
+
+def remote_status(endpoint: Any) -> dict[str, Any]:
+    info = endpoint.get_server_info()
+    status = {"connected": endpoint.base_url, "model": endpoint.get_model_name(),
+              "mode": endpoint.tokenizer_reason or "(decided at the first call)"}
+    if isinstance(info.get("engine"), dict) and isinstance(info.get("stats"), dict):
+        return {**status, **engine_status(info["engine"], info["stats"])}
+    keys = ("version", "context_length", "max_total_num_tokens", "schedule_policy")
+    return {**status, **{k: info[k] for k in keys if k in info}}  # an SGLang server
+
+
+def engine_status(info: dict[str, Any], st: dict[str, Any]) -> dict[str, Any]:
+    """An engine's `describe()` and `stats()` in words."""
     return {
         "model": info["model"],
         "device": info["device"] + (f" ({info['cpu']})" if "cpu" in info else ""),

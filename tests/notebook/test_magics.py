@@ -287,3 +287,42 @@ def test_an_error_shows_a_traceback_with_the_cells_line(ip) -> None:
         ip.run_cell("%%lmprogram --wait --view none\nx = 1\ny = x / 0\n")
     shown = out.stdout + out.stderr
     assert "ZeroDivisionError" in shown and "y = x / 0" in shown and "ProgramError" in shown
+
+
+def test_lmnb_connect_runs_cells_on_a_remote_runtime_and_draws_it(ip, engine) -> None:
+    from lmnb.server.serve import start_server
+
+    before = lmnb.lang.backend.current_default_backend()
+    magics = ip.magics_manager.registry["LmnbMagics"]
+    srv = start_server(engine)
+    try:
+        with capture_output() as out:
+            ip.run_line_magic("lmnb", f"connect {srv.url}")
+        assert srv.url in out.stdout and "token ids" in out.stdout
+        remote = lmnb.lang.backend.current_default_backend()
+        assert isinstance(remote, lm.RuntimeEndpoint)
+        num_requests = engine.stats()["num_requests"]
+        with capture_output() as out:
+            cell(ip, "--out there --wait --max-tokens 4 --temperature 0", GREET)
+        assert ip.user_ns["there"]["a"] and engine.stats()["num_requests"] > num_requests
+        assert "radix tree" in out.outputs[-1].data["text/html"]  # the dashboard drew it
+        with capture_output():
+            status = ip.run_line_magic("lmnb", "status")
+        assert status["connected"] == srv.url and status["model"] == engine.model_name
+        assert "hit_rate" in status and "token ids" in status["mode"]
+        view = ip.run_line_magic("lmnb", "cache")
+        assert view.engine is remote and view.num_nodes > 0 and "<svg" in view._repr_html_()
+        view.close()
+        with pytest.raises(UsageError, match="server"):
+            ip.run_line_magic("lmnb", "policy fcfs")
+        with capture_output() as out:
+            ip.run_line_magic("lmnb", "stop")
+        assert "disconnected" in out.stdout
+        assert lmnb.lang.backend.current_default_backend() is None
+    finally:
+        magics.connected = None
+        lm.set_default_backend(before)
+        for thread in threading.enumerate():  # the views' pollers end once the runtime idles
+            if thread.name == "lmnb-view":
+                thread.join(timeout=5)
+        srv.stop()
