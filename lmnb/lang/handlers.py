@@ -107,6 +107,10 @@ class NodeHandlers:
         self.messages.append({"role": node.role, "content": self.text[self._role_start :]})
         self._append_text(self.backend.chat_template.suffix(node.role))
         self.role = None
+        # A backend that keeps something per turn (the OpenAI backend's speculative output)
+        # drops it now.
+        if (end_turn := getattr(self.backend, "end_turn", None)) is not None:
+            end_turn((self._key, self._turn))
 
     def _var_scope_end(self, node: VarScopeEnd) -> None:
         if node.name not in self._scopes:

@@ -114,9 +114,9 @@ def _count_tokens(spec: SpecOutput, start: int, end: int) -> int:
 
 
 class SpecStore:
-    """The speculative output of each state's open turn, bounded (least recently used states
-    go first). A state keeps one entry: a call from a later turn of the same state drops it,
-    so a turn's output never serves another turn."""
+    """The speculative output of each state's open turn: dropped when the turn ends (`drop`,
+    from the interpreter's role end), or when a later turn of the same state calls (a turn's
+    output never serves another turn); bounded, least recently used states go first."""
 
     def __init__(self, capacity: int = 1024) -> None:
         self.capacity = capacity
@@ -142,6 +142,14 @@ class SpecStore:
             self._entries.move_to_end(state)
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
+
+    def drop(self, turn: tuple) -> None:
+        """The turn has ended: forget its output."""
+        state, number = turn
+        with self._lock:
+            entry = self._entries.get(state)
+            if entry is not None and entry[0] == number:
+                del self._entries[state]
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -105,6 +105,10 @@ class OpenAI:
     def flush_cache(self) -> bool:
         return False
 
+    def end_turn(self, turn: tuple[int, int]) -> None:
+        """A state's role turn has ended: its speculative output is dropped."""
+        self.specs.drop(turn)
+
     def get_server_info(self) -> dict[str, Any]:
         return {"backend": "openai", "model": self.model_name,
                 "base_url": str(self.client.base_url), "is_chat_model": self.is_chat_model,
@@ -192,18 +196,18 @@ class OpenAI:
         output when the model followed the program's text, else a speculative call."""
         sampling = sampling_key(params)
         spec = self.specs.get(prompt.turn)
-        reason = None
+        reason, wrote = None, None
         if spec is not None:
             got = serve(spec, prompt.role_text, params.stop, params.max_new_tokens, sampling)
             if isinstance(got, Served):
                 self.token_usage.add(saved_api_calls=1, saved_prompt_tokens=got.prompt_tokens)
                 return served(got.text, self._served_result(got))
-            reason = got
-        return ApiHandle(lambda h: self._spec_call(prompt, params, sampling, reason),
+            reason, wrote = got, spec.text
+        return ApiHandle(lambda h: self._spec_call(prompt, params, sampling, reason, wrote),
                          self.describe)
 
-    def _spec_call(self, prompt: Prompt, params: Any, sampling: tuple,
-                   reason: str | None) -> Generator[str, None, Any]:
+    def _spec_call(self, prompt: Prompt, params: Any, sampling: tuple, reason: str | None,
+                   wrote: str | None) -> Generator[str, None, Any]:
         """Ask for `api_spec_tokens` tokens without the gen's stop strings, keep the output for
         the turn's later gens, cut this gen's value from it. It continues the turn's text
         where the server can; else it opens the turn afresh (the first gen only) and the
@@ -211,7 +215,7 @@ class OpenAI:
         role_text = prompt.role_text
         continuing = bool(role_text) and self.continue_final_message is not False
         if role_text and not continuing and reason is not None:
-            raise ValueError(cannot_continue(role_text, self.where, missed=reason))
+            raise ValueError(cannot_continue(role_text, self.where, missed=reason, wrote=wrote))
         try:
             response = self._spec_request(prompt, params, continuing)
         except ValueError:
@@ -344,7 +348,12 @@ def cannot_continue(role_text: str, where: str, detail: str = "", missed: str | 
     if missed is None:
         return (head + " Put the gen right after sgl.assistant(...), or let one call fill the "
                 "turn: @function(num_api_spec_tokens=N).")
-    how = f": the model wrote {wrote[:80]!r}" if wrote is not None else ""
+    how = ""
+    if wrote is not None:
+        same = len(os.path.commonprefix([wrote, role_text]))
+        how = f": the model wrote {wrote[same:same + 40]!r}"
+        if same < len(role_text):
+            how += f" where the program has {role_text[same:same + 40]!r}"
     return (head + f" API speculation missed here ({missed}{how}), so this gen has no call of "
             "its own to fall back on; make the turn's constant text match what the model "
             "writes (say it in the user's message), or use a server that continues messages.")

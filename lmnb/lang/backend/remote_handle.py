@@ -3,15 +3,17 @@ blocking one that a run can still cancel.
 
 Owns `StreamHandle` (the runtime's `GenerateHandle`, fed by a reader thread from the SSE
 stream: cumulative text and ids become `StreamChunk` deltas, the last event the result;
-`cancel()` asks the server to abort the request by its `rid` and closes the stream) and
-`BlockingCall` (a non-streamed request, a batch for `select`, made in the caller's thread
-and tracked as a handle whose `cancel()` aborts its rids). Every request carries a fresh
+`cancel()` closes the stream, so the server aborts the request) and `BlockingCall` (a
+non-streamed request, a batch for `select`, made in the caller's thread and tracked as a
+handle whose `cancel()` asks `/abort_request` for its rids). Every request carries a fresh
 `rid`, as SGLang's frontend may send. Knows nothing of prompts or of the language.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import uuid
 from collections.abc import Callable
@@ -48,8 +50,17 @@ class StreamHandle(GenerateHandle):
         self._reader.start()
 
     def _abort(self, rid: Any) -> None:
+        """Close the stream at once (shutting its socket down wakes the reader however it
+        waits); the server sees the client go and aborts the request. Where the socket is
+        out of reach, ask the server to abort the rid instead."""
         self._cancelled.set()
-        self._http.post_ok("/abort_request", {"rid": rid})
+        stream = self._response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is None:
+            self._http.post_ok("/abort_request", {"rid": rid})
+            return
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)
 
     def _read(self) -> None:
         text, ids = "", []
