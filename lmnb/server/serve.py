@@ -8,6 +8,7 @@ before uvicorn starts), starting and stopping uvicorn, and printing where the se
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 import threading
@@ -98,10 +99,24 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 30000,
     engine_args: Engine's own (dtype, max_tokens_in_cache, policy, ...)."""
     sock = bind(host, port)  # before loading: a taken port fails at once
     engine = Engine(model, **engine_args)
+    # uvicorn stops gracefully on SIGTERM, then re-raises it: exit cleanly instead of dying
+    previous = _on_sigterm(_exit_cleanly)
     try:
         print(f"lmnb serving {engine.model_name} at {url_of(sock)}", flush=True)
         uvicorn.Server(_config(engine, api_key, log_level)).run([sock])
     finally:
+        _on_sigterm(previous)
         engine.shutdown()
         sock.close()
         sys.stdout.flush()
+
+
+def _exit_cleanly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Install a SIGTERM handler (main thread only); returns the previous one."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -119,16 +120,18 @@ class HandleWatcher:
 
     async def results(self, request: Request | None = None) -> list[GenerateResult]:
         """Wait for every handle; cancel them all and raise ClientGone if the client leaves."""
+        checked = time.monotonic()
         while not all(h.done() for h in self.handles):
             self._event.clear()
             for handle in self.handles:
                 handle.drain()  # nobody reads the stream: do not keep it
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._event.wait(), DISCONNECT_POLL_S)
-            except asyncio.TimeoutError:
-                if request is not None and await request.is_disconnected():
+            if request is not None and time.monotonic() - checked >= DISCONNECT_POLL_S:
+                checked = time.monotonic()  # chunks wake us often: check on a clock
+                if await request.is_disconnected():
                     self.cancel()
-                    raise ClientGone() from None
+                    raise ClientGone()
         return [result_of(h) for h in self.handles]
 
     def cancel(self) -> None:
