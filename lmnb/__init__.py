@@ -39,9 +39,13 @@ from lmnb.lang.choices import (
 )
 from lmnb.lang.errors import MissingVariableError, ProgramError, RoleError
 from lmnb.lang.function import Function
+from lmnb.lang.global_config import global_config
+from lmnb.lang.sglang_alias import install as _install_sglang_alias
 from lmnb.lang.state import ForkGroup, ProgramState
 
 __version__ = "0.1.0"
+
+_install_sglang_alias()  # `sys.modules["sglang"] = lmnb` then resolves `sglang.lang.ir` etc.
 
 __all__ = [
     "Backend",
@@ -64,6 +68,7 @@ __all__ = [
     "gen_string",
     "get_default_backend",
     "get_server_info",
+    "global_config",
     "greedy_token_selection",
     "load_ipython_extension",
     "select",

@@ -1,8 +1,9 @@
 """The model calls a state makes: generate, score choices, commit a prefix.
 
 Owns turning a backend's results into what a state appends: the text, the token ids that spell
-exactly that text, the meta info and token counts. Functions of a backend and a `Prompt` only;
-knows nothing of states, variables or events (the caller streams chunks through `on_chunk`).
+exactly that text, the meta info (in SGLang's shape, by `meta`) and token counts. Functions of a
+backend and a `Prompt` only; knows nothing of states, variables or events (the caller streams
+chunks through `on_chunk`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lmnb.lang import meta as meta_info
 from lmnb.lang.backend.base import Prompt, token_counts
 from lmnb.lang.choices import ChoicesMethod
 from lmnb.lang.sampling import NUMBER_END, cut_number_end
@@ -41,14 +43,16 @@ def generate(
     ids = fit_output_ids(backend.tokenizer, result, text)
     if not live:
         on_chunk(text, len(ids))
-    return Piece(text, ids, result.meta, token_counts([result]))
+    meta = meta_info.gen_meta(result, prompt.ids, params, backend.tokenizer)
+    return Piece(text, ids, meta, token_counts([result]))
 
 
 def select(backend: Any, prompt: Prompt, choices: Sequence[str], method: ChoicesMethod) -> Piece:
     """The backend's pick among `choices` after `prompt` (token backends score each by its
     prompt logprobs in one batch of prefill requests)."""
     choice = backend.select(prompt, choices, method)
-    return Piece(choices[choice.index], list(choice.ids), choice.meta, choice.counts)
+    meta = meta_info.select_meta(choice.meta, backend.tokenizer)
+    return Piece(choices[choice.index], list(choice.ids), meta, choice.counts)
 
 
 def commit_prefix(backend: Any, prompt: Prompt) -> dict[str, int]:

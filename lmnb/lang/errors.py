@@ -4,15 +4,22 @@ Owns `ProgramError` (what a failed program raises on state access and from `run(
 failure is pinned to a line of the user's program: each op records the first frame outside the
 lmnb package when it is appended (`call_site`), and a body exception is pinned to the deepest
 frame of the program's own function (`site_in_traceback`). Knows nothing of states or models.
+
+A `ProgramError` made from a cause is also an instance of the cause's class (a subclass of both,
+made once per class), so `except ValueError:` around `run()` still catches a `ValueError` the
+body raised, as it does under SGLang; where a class cannot be mixed in, the error only chains it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import linecache
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import CodeType, TracebackType
+from types import CodeType, MemberDescriptorType, TracebackType
+from typing import Any
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _RUNTIME_DIR = str(Path(_PACKAGE_DIR) / "runtime")
@@ -33,22 +40,89 @@ class Site:
 
 
 class ProgramError(RuntimeError):
-    """A program failed. `site` is the program line that caused it; `__cause__` the original."""
+    """A program failed. `site` is the program line that caused it; `cause` and `__cause__` the
+    original exception. `ProgramError(program, site, cause)` returns an instance of a subclass
+    of both `ProgramError` and `type(cause)` (see `mixed_class`), with the cause's fields."""
+
+    def __new__(cls, program: str, site: Site | None, cause: BaseException) -> ProgramError:
+        if cls is ProgramError:
+            cls = mixed_class(type(_root_cause(cause)))
+        try:
+            return super().__new__(cls, program, site, cause)
+        except TypeError:  # a cause class with its own layout (OSError's family) makes it
+            return _layout_base(cls).__new__(cls)
 
     def __init__(self, program: str, site: Site | None, cause: BaseException) -> None:
+        _copy_fields(self, _root_cause(cause))
         self.program = program
         self.site = site
         self.cause = cause
+        if cause is not self:
+            self.__cause__ = cause
         where = f" at {site}" if site else ""
         line = f"\n    {site.source}" if site and site.source else ""
         super().__init__(f"program {program!r} failed{where}{line}\n{_describe(cause)}")
 
+    def __str__(self) -> str:  # the message, whatever the mixed-in class would print
+        return str(self.args[0]) if self.args else ""
+
+
+_mixed: dict[type, type] = {}
+_mixed_lock = threading.Lock()
+
+
+def mixed_class(cause_type: type) -> type:
+    """`ProgramError` and `cause_type` in one class, made once per class and cached; plain
+    `ProgramError` where the two cannot be combined (a metaclass or MRO conflict, a class that
+    refuses subclasses, a cause that is not an Exception). Never a StopIteration: raised from a
+    generator (`text_iter`) it would turn into a bare RuntimeError."""
+    unmixable = (ProgramError, StopIteration, StopAsyncIteration)
+    if issubclass(cause_type, unmixable) or not issubclass(cause_type, Exception):
+        return ProgramError
+    with _mixed_lock:
+        if cause_type not in _mixed:
+            _mixed[cause_type] = _make_mixed(cause_type)
+        return _mixed[cause_type]
+
+
+def _make_mixed(cause_type: type) -> type:
+    name = f"ProgramError[{cause_type.__name__}]"
+    try:
+        return type(name, (ProgramError, cause_type), {"__module__": __name__})
+    except Exception:  # TypeError (layout, MRO, metaclass) or the class's own refusal
+        return ProgramError
+
+
+def _layout_base(cls: type) -> Any:
+    """The class in `cls`'s MRO after ProgramError whose `__new__` builds the instance."""
+    return next(k for k in cls.__mro__[1:] if not issubclass(k, ProgramError)
+                and "__new__" in vars(k) and k is not RuntimeError)
+
+
+def _root_cause(cause: BaseException) -> BaseException:
+    """The exception a chain of ProgramErrors started from."""
+    while isinstance(cause, ProgramError) and cause.cause is not cause:
+        cause = cause.cause
+    return cause
+
+
+def _copy_fields(error: BaseException, cause: BaseException) -> None:
+    """The cause's attributes (its `__dict__` and built-in fields such as `errno`, `name`) on
+    `error`, so handlers that read them keep working."""
+    if error is cause:
+        return
+    for klass in type(cause).__mro__:
+        if klass in (BaseException, object):
+            break
+        for name, attr in vars(klass).items():
+            if isinstance(attr, MemberDescriptorType) and isinstance(error, klass):
+                with contextlib.suppress(AttributeError, TypeError):  # a read-only field
+                    setattr(error, name, getattr(cause, name))
+    error.__dict__.update(getattr(cause, "__dict__", {}))
+
 
 class MissingVariableError(ProgramError, KeyError):
     """`state[name]` for a variable the program never sets."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return self.args[0]
 
 
 class RoleError(ValueError):

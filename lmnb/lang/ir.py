@@ -16,6 +16,14 @@ from typing import Any
 
 from lmnb.lang.choices import ChoicesMethod
 
+# SGLang's public regexes (`sglang.lang.ir.REGEX_*`), with SGLang's values, for programs that pass
+# them as `regex=`. `gen(dtype=...)` runs under the runtime's dtype regexes instead
+# (`lmnb.runtime.grammar.dtypes`: numbers bounded so that every value parses, a str not empty).
+REGEX_INT = r"[-+]?[0-9]+[ \n]*"
+REGEX_FLOAT = r"[-+]?[0-9]*\.?[0-9]+[ \n]*"
+REGEX_BOOL = r"(True|False)"
+REGEX_STR = r"\"[\w\d\s]*\""
+
 
 class Expr:
     """Anything that can be appended to a program state; `+` makes an `ExprList`."""

@@ -2,8 +2,9 @@
 
 Owns the one table of renames between SGLang's frontend names (`max_tokens`, `return_logprob`,
 ...) and the runtime's `SamplingParams` fields, and the arguments SGLang accepts that lmnb does
-not implement. Knows nothing of programs or states; never imports torch (the runtime's
-`SamplingParams` is imported where a run starts, not here).
+not implement. The dtype regexes themselves are the runtime's (`lmnb.runtime.grammar.dtypes`,
+their one definition), imported when a typed gen is made. Knows nothing of programs or states;
+imports no torch at import time (the runtime's `SamplingParams` is imported where a run starts).
 """
 
 from __future__ import annotations
@@ -26,15 +27,12 @@ NEUTRAL = {
     "presence_penalty": (None, 0.0),
     "stop_regex": (None,),
     "top_logprobs_num": (None, 0),
-    "return_text_in_logprobs": (None, False),
 }
 
-# SGLang's dtype names (its REGEX_* constants); `regex_for_dtype` prefers the grammar package's.
-REGEX_INT = r"[-+]?[0-9]+"
-REGEX_FLOAT = r"[-+]?[0-9]*\.?[0-9]+"
-REGEX_BOOL = r"(True|False)"
-REGEX_STR = r"\"[^\"\\\n]*\""
-_DTYPE_REGEX = {int: REGEX_INT, float: REGEX_FLOAT, bool: REGEX_BOOL, str: REGEX_STR}
+# SGLang arguments accepted with any value and no effect: logprob triples always carry the
+# token's text here (see `lmnb.lang.meta`).
+NO_EFFECT = {"return_text_in_logprobs"}
+
 _DTYPE_NAMES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
@@ -46,7 +44,7 @@ NUMBER_END = {int: r"[ \n.,;:)]", float: r"[ \n,;:)]"}
 
 def as_dtype(dtype: type | str) -> type:
     dtype = _DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, str) else dtype
-    if dtype not in _DTYPE_REGEX:
+    if dtype not in _DTYPE_NAMES.values():
         raise ValueError(f"dtype must be one of int, float, bool, str; got {dtype!r}")
     return dtype
 
@@ -64,13 +62,10 @@ def cut_number_end(dtype: type | None, text: str) -> str:
 
 
 def regex_for_dtype(dtype: type | str) -> str:
-    """The regex of a `dtype` value; from `lmnb.runtime.grammar` where it has one."""
-    dtype = as_dtype(dtype)
-    try:
-        from lmnb.runtime.grammar import regex_for_dtype as grammar_regex_for_dtype
-    except ImportError:
-        return _DTYPE_REGEX[dtype]
-    return grammar_regex_for_dtype(dtype)
+    """The regex of a `dtype` value: the runtime grammar's (its one definition)."""
+    from lmnb.runtime.grammar.dtypes import regex_for_dtype as grammar_regex_for_dtype
+
+    return grammar_regex_for_dtype(as_dtype(dtype))
 
 
 def sampling_overrides(**kwargs: Any) -> dict[str, Any]:
@@ -80,6 +75,8 @@ def sampling_overrides(**kwargs: Any) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for name, value in kwargs.items():
+        if name in NO_EFFECT:
+            continue
         if name in NEUTRAL:
             _check_neutral(name, value)
         elif value is not None:

@@ -8,7 +8,9 @@ to its `interpreter.StreamExecutor`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from lmnb.lang.errors import ProgramError, call_site
@@ -80,12 +82,18 @@ class StateBase:
 
 
 class ProgramState(StateBase):
-    def __init__(self, executor: StreamExecutor) -> None:
+    def __init__(self, executor: StreamExecutor, wait_each: bool = False) -> None:
         self._ex = executor
         self.ret_value: Any = None
+        # run(use_thread=False), SGLang's: each append runs before `+=` returns (no run-ahead)
+        self._wait_each = wait_each
 
     def __iadd__(self, expr: object) -> ProgramState:
         self._ex.submit(as_expr(expr), call_site())
+        if self._wait_each:
+            self._ex.wait_idle()
+            if self._ex.error is not None:
+                raise self._ex.error
         return self
 
     def __getitem__(self, name: str) -> Any:
@@ -139,6 +147,43 @@ class ProgramState(StateBase):
                 break
         if self._ex.error is not None:
             raise self._ex.error
+
+    async def text_async_iter(
+        self, var_name: str | None = None, return_meta_data: bool = False
+    ) -> AsyncIterator[Any]:
+        """`text_iter` for asyncio: the waits run in the loop's default executor, so the event
+        loop keeps serving. With `return_meta_data` (and `var_name`), yields `(text, meta)`:
+        the variable's meta info once it is set, `{}` while its gen runs; if it is set after
+        its last chunk, a final `("", meta)` follows."""
+        loop = asyncio.get_running_loop()
+        seen, meta_sent = 0, False
+        while True:
+            entries, ended = await loop.run_in_executor(
+                None, self._ex.stream_entries, seen, var_name)
+            seen += len(entries)
+            for names, text in entries:
+                if var_name is None or var_name in names:
+                    if not return_meta_data:
+                        yield text
+                        continue
+                    meta = self._ex.meta.get(var_name) if var_name in self._ex.variables else None
+                    meta_sent = meta is not None
+                    yield text, meta or {}
+            if ended:
+                break
+        if self._ex.error is not None:
+            raise self._ex.error
+        if return_meta_data and not meta_sent and var_name in self._ex.variables:
+            yield "", self._ex.meta.get(var_name) or {}
+
+    @contextlib.contextmanager
+    def copy(self, position_ids_offset: Any = None) -> Iterator[ProgramState]:
+        """SGLang's `with s.copy() as c:` — `c` is a fork of this state (its text, variables
+        and role so far); leaving the block joins it back: the variables `c` made become
+        one-item lists here (`gather_variable`), and this state's text is unchanged."""
+        group = self.fork(1, position_ids_offset)
+        yield group[0]  # an exception in the block propagates without the join
+        group.join()
 
     def fork(self, size: int = 1, position_ids_offset: Any = None) -> ForkGroup:
         """`size` children that start from this state's text once the ops before run."""

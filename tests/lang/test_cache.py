@@ -73,5 +73,5 @@ def chat(s):
 def test_second_chat_turn_hits_the_first_turn_with_its_generated_tokens():
     state = chat.run()
     first, second = state.get_meta_info("answer_1"), state.get_meta_info("answer_2")
-    assert first["finish_reason"] == "stop"
+    assert first["finish_reason"]["type"] == "stop"
     assert second["cached_tokens"] >= first["prompt_tokens"] + first["completion_tokens"]

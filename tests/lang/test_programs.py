@@ -105,7 +105,8 @@ def test_select_methods_find_paris(method):
     meta = state.get_meta_info("city")
     assert len(meta["scores"]) == 3
     if method is sgl.unconditional_likelihood_normalized:
-        assert [lp[0] for lp in meta["unconditional_token_logprobs"]] == [0.0, 0.0, 0.0]
+        # per choice (logprob, token_id, text) triples; the first token has no logprob
+        assert [lps[0][0] for lps in meta["unconditional_token_logprobs"]] == [None] * 3
 
 
 @sgl.function

@@ -192,8 +192,9 @@ def test_logprobs_in_meta_info_when_asked():
         s += lm.gen("n", max_tokens=3, return_logprob=True)
 
     meta = prog.run().get_meta_info("n")
-    assert len(meta["output_logprobs"]) == meta["completion_tokens"]
-    assert all(lp <= 0 for lp in meta["output_logprobs"])
+    out = meta["output_token_logprobs"]  # SGLang's (logprob, token_id, text) triples
+    assert len(out) == meta["completion_tokens"]
+    assert all(lp <= 0 and isinstance(i, int) and isinstance(t, str) for lp, i, t in out)
 
 
 def test_flush_cache_and_server_info(runtime):

@@ -15,8 +15,11 @@ from lmnb.runtime.grammar.errors import GrammarError
 REGEX_INT = r"-?(0|[1-9][0-9]{0,17})"
 REGEX_FLOAT = r"-?(0|[1-9][0-9]{0,15})(\.[0-9]{1,15})?"
 REGEX_BOOL = r"(True|False)"
-# A double-quoted string without quotes, backslashes or newlines inside (SGLang's convention).
-REGEX_STR = r"\"[^\"\\\n]*\""
+# A double-quoted string of word characters, digits and whitespace: SGLang's REGEX_STR class
+# (no punctuation, so a JSON value cannot run on as `",#Paris,#...`), but not empty: after
+# `"capital": ` SmolLM2 closes an empty string at once (`""` is one token) where one or more
+# characters make it write `"Paris"`.
+REGEX_STR = r"\"[\w\d\s]+\""
 
 _BY_TYPE: dict[type, str] = {int: REGEX_INT, float: REGEX_FLOAT, bool: REGEX_BOOL, str: REGEX_STR}
 _BY_NAME: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
@@ -30,7 +33,8 @@ def regex_for_dtype(dtype: type | str) -> str:
     """The regex a value of `dtype` (int, float, str, bool, or its name) is generated under.
 
     int and float values parse with `int()`/`float()`; bool is `True` or `False`; str is a
-    double-quoted string with no `"`, `\\` or newline inside (strip the quotes to get the value).
+    double-quoted, non-empty run of word characters, digits and whitespace (strip the quotes
+    to get the value).
     """
     kind = _BY_NAME.get(dtype) if isinstance(dtype, str) else dtype
     if kind not in _BY_TYPE:
