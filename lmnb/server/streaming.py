@@ -57,6 +57,8 @@ def _submit_all(engine: Engine, items: list[Submission]) -> list[GenerateHandle]
                 if len(items) > 1:
                     bad.message = f"item {i}: {bad.message}"
                 raise BadRequest(bad.message, bad.param) from None
+            except RuntimeError as exc:  # the engine is shut down or its loop died
+                raise EngineFailure(f"the engine refused the request: {exc}") from exc
     except BaseException:
         for handle in handles:
             handle.cancel()
@@ -171,7 +173,8 @@ class SSEResponse(StreamingResponse):
             self._on_close()
             aclose = getattr(self._events, "aclose", None)
             if aclose is not None:
-                await aclose()
+                with contextlib.suppress(RuntimeError):  # already closed by its own error
+                    await aclose()
 
 
 async def error_events(events: AsyncIterator[str], body: Callable[[str], dict]) -> \

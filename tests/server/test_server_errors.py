@@ -125,20 +125,25 @@ def test_unknown_route_is_a_404_in_the_right_shape(client: httpx.Client) -> None
 
 
 class FailingEngine:
-    """Looks like an engine to the server; every request fails after submission."""
+    """Looks like an engine to the server; every request fails after submission (or, once
+    `closed`, is refused as a shut-down engine refuses it)."""
 
     def __init__(self, real: Engine) -> None:
         self.tokenizer, self.model_name = real.tokenizer, real.model_name
         self.max_context, self.pool = real.max_context, real.pool
+        self.closed = False
 
     def generate(self, prompt: object, params: object) -> GenerateHandle:
+        if self.closed:
+            raise RuntimeError("the engine has been shut down")
         handle = GenerateHandle(1, lambda rid: None)
         handle._finish(None, RuntimeError("model forward failed: boom"))
         return handle
 
 
 def test_engine_failure_is_a_500_for_that_request(engine: Engine) -> None:
-    srv = start_server(FailingEngine(engine))  # type: ignore[arg-type]
+    failing = FailingEngine(engine)
+    srv = start_server(failing)  # type: ignore[arg-type]
     try:
         with httpx.Client(base_url=srv.url, timeout=30) as c:
             r = c.post("/generate", json=TEXT)
@@ -152,5 +157,8 @@ def test_engine_failure_is_a_500_for_that_request(engine: Engine) -> None:
                 events = sse_events(list(r.iter_lines()))
             assert "boom" in json.dumps(events[0]) and events[-1] == "[DONE]"
             assert c.get("/health").status_code == 200
+            failing.closed = True
+            r = c.post("/v1/chat/completions", json=CHAT)
+            assert r.status_code == 500 and "shut down" in r.json()["error"]["message"]
     finally:
         srv.stop()
