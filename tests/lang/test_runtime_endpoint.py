@@ -12,7 +12,12 @@ import sys
 import pytest
 
 import lmnb as lm
+from lmnb.lang.backend.base import Prompt
+from lmnb.lang.backend.remote_model import JinjaChat
+from lmnb.lang.chat import ChatTemplate
 from lmnb.lang.control import Cancelled
+from lmnb.runtime.handle import GenerateResult, StreamChunk
+from lmnb.runtime.params import SamplingParams
 from lmnb.server.serve import start_server
 from tests.conftest import assert_slots_accounted, wait_idle
 
@@ -73,6 +78,19 @@ def test_gen_gives_the_in_process_tokens(ep, local) -> None:
     meta = there.get_meta_info("answer")
     assert meta["finish_reason"]["type"] in ("stop", "length")
     assert meta["completion_tokens"] == here.get_meta_info("answer")["completion_tokens"]
+
+
+def test_handles_stream_chunks_and_give_runtime_results(ep, engine) -> None:
+    ids = ep.tokenizer.encode("Once upon a time")
+    here = engine.generate(ids, SamplingParams(max_new_tokens=8, stop=["e"])).result()
+    handle = ep.generate(Prompt(ids, ""), SamplingParams(max_new_tokens=8, stop=["e"]))
+    chunks = list(handle)
+    there = handle.result()
+    assert isinstance(there, GenerateResult) and all(isinstance(c, StreamChunk) for c in chunks)
+    assert "".join(c.text for c in chunks) == there.text
+    for field in ("text", "output_ids", "text_ids", "text_tail", "finish_reason",
+                  "matched_stop", "completion_tokens"):
+        assert getattr(there, field) == getattr(here, field), field
 
 
 def test_a_second_turn_hits_the_cache(ep) -> None:
@@ -175,6 +193,16 @@ def test_a_bad_request_is_a_clear_program_error(ep) -> None:
     assert "regex" in str(err.value.__cause__)
 
 
+def test_no_server_is_a_connection_error() -> None:
+    with pytest.raises(ConnectionError, match="cannot reach"):
+        lm.RuntimeEndpoint("http://127.0.0.1:9", timeout=5)
+
+
+def test_a_jinja_template_from_the_server_reads_as_the_tokenizer_does(local) -> None:
+    hf = local.tokenizer.hf
+    assert ChatTemplate.from_tokenizer(JinjaChat(hf.chat_template)) == local.chat_template
+
+
 def test_api_key(engine) -> None:
     srv = start_server(engine, api_key="sesame")
     try:
@@ -218,6 +246,8 @@ def test_views_data_over_http(ep, engine) -> None:
     assert ep.stats()["capacity"] == engine.stats()["capacity"]
     assert isinstance(ep.events(snap["last_event"]), list)
     assert ep.idle() in (True, False)
+    with pytest.raises(NotImplementedError, match="no such route"):
+        ep.http.get("/no_such_route")  # what an SGLang server answers for /snapshot
     assert ep.flush_cache() is True
 
 
