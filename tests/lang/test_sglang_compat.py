@@ -13,6 +13,7 @@ hook in `lmnb.lang.sglang_alias`). To undo it, remove `sglang` and every `sglang
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -277,3 +278,122 @@ def test_a_batch_items_error_and_a_streamed_one_keep_their_class(scripted):
     with pytest.raises(KeyError):
         states[1].text()
     assert isinstance(states[0].error(), sgl.ProgramError)
+
+
+# ---- 4. get_meta_info in SGLang's shape -------------------------------------------------------
+
+
+def test_gen_meta_finish_reasons(scripted):
+    scripted.script = {"A:": " one two. three", "B:": " one two three four five", "C:": " hi"}
+
+    @sgl.function
+    def prog(s):
+        s += "A:" + sgl.gen("stop_str", max_tokens=8, stop=".")
+        s += " B:" + sgl.gen("length", max_tokens=2)
+        s += " C:" + sgl.gen("eos", max_tokens=8)
+
+    state = prog.run()
+    assert state.get_meta_info("stop_str")["finish_reason"] == {"type": "stop", "matched": "."}
+    assert state.get_meta_info("length")["finish_reason"] == {
+        "type": "length", "matched": None, "length": 2}
+    eos = scripted.tokenizer.eos_token_id
+    assert state.get_meta_info("eos")["finish_reason"] == {"type": "stop", "matched": eos}
+
+
+def test_gen_meta_logprob_triples_and_lmnb_extras(scripted):
+    scripted.script = " four five"
+
+    @sgl.function
+    def prog(s):
+        s += "One two three"
+        s += sgl.gen("n", max_tokens=2, return_logprob=True, logprob_start_len=1)
+
+    state = prog.run()
+    meta = state.get_meta_info("n")
+    tok = scripted.tokenizer
+    prompt_ids = tok.encode("One two three")
+    assert [(i, t) for _, i, t in meta["input_token_logprobs"]] == [
+        (i, tok.decode([i])) for i in prompt_ids[1:]]
+    assert all(isinstance(lp, float) for lp, _, _ in meta["input_token_logprobs"])
+    out = meta["output_token_logprobs"]
+    assert [i for _, i, _ in out] == state.token_ids()[len(prompt_ids):]
+    assert "".join(t for _, _, t in out) == state["n"] == " four five"
+    assert {"prompt_tokens", "completion_tokens", "cached_tokens"} <= set(meta)
+    assert {"forced_positions", "jump_forward_steps", "decode_steps"} <= set(meta)  # extras
+    assert "prompt_logprobs" not in meta and "output_logprobs" not in meta  # the raw floats
+    plain = sgl.function(lambda s: s.__iadd__("Hi" + sgl.gen("x", max_tokens=1))).run()
+    assert "output_token_logprobs" not in plain.get_meta_info("x")  # only when asked
+
+
+def test_select_meta_per_choice_triples(scripted):
+    scripted.script = " blue sky"
+
+    @sgl.function
+    def prog(s):
+        s += "Color:" + sgl.select("c", [" red", " blue sky"],
+                                   choices_method=sgl.unconditional_likelihood_normalized)
+
+    meta = prog.run().get_meta_info("c")
+    tok = scripted.tokenizer
+    assert meta["input_token_ids"] == [tok.encode(" red"), tok.encode(" blue sky")]
+    for lps, ids, choice in zip(meta["input_token_logprobs"], meta["input_token_ids"],
+                                [" red", " blue sky"], strict=True):
+        assert [i for _, i, _ in lps] == ids and "".join(t for _, _, t in lps) == choice
+        assert all(isinstance(lp, float) for lp, _, _ in lps)
+    assert meta["output_token_logprobs"] == [[], []]
+    assert [lps[0][0] for lps in meta["unconditional_token_logprobs"]] == [None, None]
+    assert len(meta["normalized_prompt_logprobs"]) == len(meta["scores"]) == 2
+
+
+def test_meta_already_in_sglangs_shape_passes_through():
+    from lmnb.lang import meta
+
+    shaped = {"input_token_logprobs": [[(-0.5, 7, "a")]], "finish_reason": {"type": "stop"}}
+    assert meta.select_meta(shaped, None) == shaped
+    assert meta.finish_reason({"type": "abort", "message": "x"}) == {
+        "type": "abort", "message": "x"}
+    assert meta.finish_reason("abort")["type"] == "abort"
+
+
+def test_real_logprobs_line_up_with_the_prompt_and_output(runtime):
+    @sgl.function
+    def prog(s):
+        s += "The capital of France is"
+        s += sgl.gen("city", max_tokens=3, return_logprob=True, logprob_start_len=0)
+
+    state = prog.run(temperature=0)
+    meta = state.get_meta_info("city")
+    inputs, outputs = meta["input_token_logprobs"], meta["output_token_logprobs"]
+    ids = state.token_ids()
+    assert len(inputs) == meta["prompt_tokens"] and inputs[0][0] is None  # as SGLang's
+    assert [i for _, i, _ in inputs] == ids[: meta["prompt_tokens"]]
+    assert [i for _, i, _ in outputs] == ids[meta["prompt_tokens"]:]
+    assert "".join(t for _, _, t in inputs) == "The capital of France is"
+    assert all(lp <= 0 for lp, _, _ in inputs[1:] + outputs)
+
+
+# ---- 5. gen_string is as strict as SGLang's ---------------------------------------------------
+
+
+def test_gen_string_regex_is_sglangs_class_and_never_empty(scripted):
+    from lmnb.lang.ir import REGEX_STR
+    from lmnb.lang.sampling import regex_for_dtype
+
+    regex = regex_for_dtype(str)
+    assert regex == REGEX_STR.replace("*", "+")  # SGLang's character class, one or more
+    for good in ('"Paris"', '"New York 2"', '"Été"'):
+        assert re.fullmatch(regex, good)
+    for bad in ('""', '",#Paris,#Paris"', '"a"b"', '"x\\"'):
+        assert not re.fullmatch(regex, bad)
+
+
+def test_gen_string_gives_a_short_quoted_string_in_json(runtime):
+    @sgl.function
+    def capital(s):
+        s += sgl.user("What is the capital of France? Answer in JSON.")
+        s += sgl.assistant('{"capital": ' + sgl.gen_string("c", max_tokens=16) + "}")
+
+    state = capital.run(temperature=0)
+    assert state["c"] == '"Paris"'
+    assert json.loads(state.messages()[-1]["content"]) == {"capital": "Paris"}
+    assert state.get_meta_info("c")["finish_reason"]["type"] == "stop"
