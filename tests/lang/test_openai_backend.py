@@ -379,3 +379,53 @@ def test_speculation_without_continuing_messages(server, chat):
     with pytest.raises(sgl.ProgramError, match=r"speculation missed here \(mismatch: the model "
                        r"wrote '2\. Apple.*' where the program has 'Second:'\)"):
         fruits("\nSecond:").run(backend=fresh)["second"]
+
+
+def test_select_served_from_speculation(chat):
+    @sgl.function(num_api_spec_tokens=64)
+    def pick_job(s):
+        s += sgl.user(CHARACTER.format(name="Harry Potter"))
+        s += sgl.assistant("Name:" + sgl.gen("name", stop="\n", max_tokens=12)
+                           + "\nBirthday:" + sgl.gen("birthday", stop="\n", max_tokens=12)
+                           + "\nJob:" + sgl.select("job", [" Doctor", " Teacher"]))
+
+    expected = values(character().run(name="Harry Potter", backend=chat))
+    assert expected[2] == " Teacher"
+    chat.token_usage.reset()
+    state = pick_job.run(backend=chat)
+    assert values(state) == expected
+    assert state.get_meta_info("job")["method"] == "speculation"
+    assert chat.token_usage.num_api_calls == 1 and chat.token_usage.saved_api_calls == 2
+
+
+def test_a_server_refusing_to_continue_is_remembered(server, monkeypatch):
+    """Where the server refuses `continue_final_message` (here: a field it does not know),
+    the backend says what the program asked for, remembers, and speculation opens turns
+    afresh instead."""
+    import lmnb.lang.backend.openai as backend_module
+
+    monkeypatch.setattr(backend_module, "CONTINUE", {"continue_final_message_v0": True})
+    backend = sgl.OpenAI("default", base_url=server.url + "/v1", max_retries=0)
+
+    @sgl.function
+    def answer(s):
+        s += sgl.user("What is the capital of France?")
+        s += sgl.assistant("The capital of France is" + sgl.gen("city", max_tokens=4))
+
+    with pytest.raises(sgl.ProgramError, match=r"does not continue a partial one "
+                       r"\(continue_final_message\) \(the server said: .*v0"):
+        answer.run(backend=backend)["city"]
+    assert backend.continue_final_message is False
+    assert backend.token_usage.num_api_calls == 0
+
+    @sgl.function(num_api_spec_tokens=32)
+    def fruits(s):
+        s += sgl.user("List three fruits, one per line.")
+        s += sgl.assistant("1." + sgl.gen("first", stop="\n", max_tokens=8) + "\n2."
+                           + sgl.gen("second", stop="\n", max_tokens=8))
+
+    speculating = sgl.OpenAI("default", base_url=server.url + "/v1", max_retries=0)
+    state = fruits.run(backend=speculating)
+    assert state["first"].strip() and state["second"].strip()
+    assert speculating.continue_final_message is False
+    assert speculating.token_usage.num_api_calls == 1  # the refused request costs no call

@@ -150,7 +150,7 @@ class OpenAI:
             return endpoint.create(**request, **more)
         except openai.BadRequestError as exc:
             extra = request.get("extra_body", {})
-            if chat and "continue_final_message" in extra and refuses_continue(exc):
+            if chat and any(k in extra for k in CONTINUE) and refuses_continue(exc):
                 self.continue_final_message = False
                 role_text = prompt.role_text if prompt is not None else ""
                 detail = server_message(exc)
@@ -334,8 +334,9 @@ def token_ends(logprobs: Any, text: str) -> list[int] | None:
 
 
 def refuses_continue(exc: Any) -> bool:
+    """Whether a 400 refuses the fields that continue a partial message (by naming one)."""
     message = server_message(exc)
-    return "continue_final_message" in message or "add_generation_prompt" in message
+    return any(name in message for name in ("continue_final_message", *CONTINUE))
 
 
 def cannot_continue(role_text: str, where: str, detail: str = "", missed: str | None = None,
