@@ -128,8 +128,9 @@ class Completion:
         ids += out
         lps += (res.output_logprobs or [])[: len(out)]
         tokens = [self.engine.tokenizer.decode([t]) for t in ids]
-        offsets, at = [], 0 if self.req.echo_texts else len(self.engine.tokenizer.decode(
-            self.req.prompts[i]))
+        # offsets into the prompt + completion text (the prompt's length first without echo)
+        at = 0 if self.req.echo_texts else len(self.engine.tokenizer.decode(self.req.prompts[i]))
+        offsets = []
         for tok in tokens:
             offsets.append(at)
             at += len(tok)
