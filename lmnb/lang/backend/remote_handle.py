@@ -63,6 +63,14 @@ class StreamHandle(GenerateHandle):
             sock.shutdown(socket.SHUT_RDWR)
 
     def _read(self) -> None:
+        try:
+            result, error = self._follow()
+        except Exception as exc:  # an answer this client cannot read: the caller still hears
+            result, error = None, RuntimeError(f"unreadable answer from the server: {exc!r}")
+        self._finish(result, error)
+
+    def _follow(self) -> tuple[GenerateResult | None, BaseException | None]:
+        """Push the stream's deltas; the result (or error) once it ends."""
         text, ids = "", []
         final: dict[str, Any] | None = None
         error: BaseException | None = None
@@ -84,7 +92,7 @@ class StreamHandle(GenerateHandle):
                 error = ConnectionError(f"the stream from {self._http.base_url} broke: {exc}")
         finally:
             self._response.close()
-        self._finish(*self._outcome(final, error, text, ids))
+        return self._outcome(final, error, text, ids)
 
     def _outcome(self, final: dict[str, Any] | None, error: BaseException | None, text: str,
                  ids: list[int]) -> tuple[GenerateResult | None, BaseException | None]:
