@@ -43,6 +43,7 @@ class RuntimeEndpoint(TokenBackend):
                  chat_template_name: str | None = None, *, tokenizer: Any = "auto",
                  timeout: float | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.api_key, self.verify = api_key, verify  # SGLang's attributes
         self.http = HttpClient(self.base_url, api_key, verify, timeout)
         self.model_info: dict[str, Any] = self.http.get("/get_model_info")
         self._tokenizer_choice = tokenizer
