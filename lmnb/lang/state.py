@@ -51,6 +51,9 @@ class StateBase:
     def __iadd__(self, expr: object) -> StateBase:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def fork(self, size: int = 1, position_ids_offset: Any = None) -> ForkGroup:
+        raise NotImplementedError  # pragma: no cover - overridden
+
     def system(self, expr: object = None) -> Scope | None:
         return self._role("system", expr)
 
@@ -79,6 +82,15 @@ class StateBase:
 
     def get_var(self, name: str) -> Any:
         return self[name]
+
+    @contextlib.contextmanager
+    def copy(self, position_ids_offset: Any = None) -> Iterator[Any]:
+        """SGLang's `with s.copy() as c:` — `c` is a fork of this state (its text, variables
+        and role so far); leaving the block joins it back: the variables `c` made become
+        one-item lists here (`gather_variable`), and this state's text is unchanged."""
+        group = self.fork(1, position_ids_offset)
+        yield group[0]  # an exception in the block propagates without the join
+        group.join()
 
 
 class ProgramState(StateBase):
@@ -175,15 +187,6 @@ class ProgramState(StateBase):
             raise self._ex.error
         if return_meta_data and not meta_sent and var_name in self._ex.variables:
             yield "", self._ex.meta.get(var_name) or {}
-
-    @contextlib.contextmanager
-    def copy(self, position_ids_offset: Any = None) -> Iterator[ProgramState]:
-        """SGLang's `with s.copy() as c:` — `c` is a fork of this state (its text, variables
-        and role so far); leaving the block joins it back: the variables `c` made become
-        one-item lists here (`gather_variable`), and this state's text is unchanged."""
-        group = self.fork(1, position_ids_offset)
-        yield group[0]  # an exception in the block propagates without the join
-        group.join()
 
     def fork(self, size: int = 1, position_ids_offset: Any = None) -> ForkGroup:
         """`size` children that start from this state's text once the ops before run."""

@@ -397,3 +397,17 @@ def test_gen_string_gives_a_short_quoted_string_in_json(runtime):
     assert state["c"] == '"Paris"'
     assert json.loads(state.messages()[-1]["content"]) == {"capital": "Paris"}
     assert state.get_meta_info("c")["finish_reason"]["type"] == "stop"
+
+
+def test_copy_traces_like_a_fork():
+    @sgl.function
+    def prog(s, q):
+        s += "Shared. "
+        with s.copy() as c:
+            c += q + sgl.gen("a", max_tokens=2)
+        s += "After."
+
+    graph = prog.trace()
+    assert graph.stopped is None
+    assert [n.kind for n in graph.nodes].count("fork") == 1
+    assert [n.kind for n in graph.nodes].count("join") == 1
