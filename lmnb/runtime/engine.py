@@ -77,6 +77,7 @@ class Engine:
         a C compiler; True: raise where they are not; False: the torch paths)."""
         files = loader.resolve(model)
         self.model_name = files.name
+        self.model_path = str(files.folder)  # the local folder the weights and tokenizer load from
         self.tokenizer = Tokenizer(files.folder)
         self.config = ModelConfig.from_hf(loader.load_config(files.folder))
         self.device = pick_device(device)

@@ -142,8 +142,12 @@ async def flush_cache(request: Request) -> JSONResponse:
 @router.get("/get_model_info")
 async def get_model_info(request: Request) -> JSONResponse:
     engine = engine_of(request)
-    return JSONResponse({"model_path": engine.model_name, "tokenizer_path": engine.model_name,
-                         "is_generation": True, "max_context": engine.max_context})
+    # the folder on the server's machine (a client there loads the same tokenizer from it),
+    # and the chat template, for clients elsewhere
+    template = getattr(engine.tokenizer.hf, "chat_template", None)
+    return JSONResponse({"model_path": engine.model_path, "tokenizer_path": engine.model_path,
+                         "model_name": engine.model_name, "is_generation": True,
+                         "max_context": engine.max_context, "chat_template": template})
 
 
 @router.get("/get_server_info")

@@ -63,7 +63,7 @@ def capital(s):
     s += lm.assistant_end()
 
 
-def test_connect_finds_the_model_and_its_tokenizer(ep, local) -> None:
+    assert ep.get_model_name() == local.engine.model_path  # SGLang: the model path
     assert ep.get_model_name() == local.engine.model_name
     assert ep.tokenizer is not None and "token ids" in ep.tokenizer_reason
     assert ep.chat_template == local.chat_template
@@ -233,8 +233,16 @@ def test_text_mode_gen_and_select(text_ep, local) -> None:
         here.get_meta_info("city")["scores"], abs=1e-3)
 
 
-def test_text_mode_without_a_template_says_chatml(server) -> None:
+def test_text_mode_reads_the_servers_template(server, local) -> None:
     endpoint = lm.RuntimeEndpoint(server.url, tokenizer=False)
+    assert endpoint.chat_template == local.chat_template  # SmolLM2's, default system head too
+    assert endpoint.chat_template_source == "the server's"
+    endpoint.close()
+
+
+def test_text_mode_without_a_template_says_chatml(server, monkeypatch) -> None:
+    endpoint = lm.RuntimeEndpoint(server.url, tokenizer=False)
+    monkeypatch.setattr(endpoint, "_server_template", lambda: None)  # a server that has none
     with pytest.warns(UserWarning, match="ChatML"):
         assert endpoint.chat_template.prefix("user") == "<|im_start|>user\n"
     endpoint.close()

@@ -161,7 +161,8 @@ def test_stop_string_is_matched_and_trimmed(client: httpx.Client, settled: Engin
 
 def test_info_routes(client: httpx.Client, engine: Engine) -> None:
     info = client.get("/get_model_info").json()
-    assert info["model_path"] == engine.model_name and info["is_generation"] is True
+    assert info["model_path"] == engine.model_path and info["is_generation"] is True
+    assert info["model_name"] == engine.model_name and "im_start" in info["chat_template"]
     assert info["tokenizer_path"]
     server = client.get("/get_server_info").json()
     assert server["engine"] == engine.describe()
