@@ -168,6 +168,7 @@ class ProgramState(StateBase):
         the variable's meta info once it is set, `{}` while its gen runs; if it is set after
         its last chunk, a final `("", meta)` follows."""
         loop = asyncio.get_running_loop()
+        pairs = return_meta_data and var_name is not None  # SGLang pairs only a variable's
         seen, meta_sent = 0, False
         while True:
             entries, ended = await loop.run_in_executor(
@@ -175,7 +176,7 @@ class ProgramState(StateBase):
             seen += len(entries)
             for names, text in entries:
                 if var_name is None or var_name in names:
-                    if not return_meta_data:
+                    if not pairs:
                         yield text
                         continue
                     meta = self._ex.meta.get(var_name) if var_name in self._ex.variables else None
@@ -185,7 +186,7 @@ class ProgramState(StateBase):
                 break
         if self._ex.error is not None:
             raise self._ex.error
-        if return_meta_data and not meta_sent and var_name in self._ex.variables:
+        if pairs and not meta_sent and var_name in self._ex.variables:
             yield "", self._ex.meta.get(var_name) or {}
 
     def fork(self, size: int = 1, position_ids_offset: Any = None) -> ForkGroup:

@@ -98,6 +98,8 @@ def test_text_async_iter_streams_as_text_iter_does(scripted):
     with_meta = asyncio.run(collect(prog.run(stream=True), var_name="a", return_meta_data=True))
     assert "".join(text for text, _ in with_meta) == " one two three"
     assert with_meta[-1][1]["finish_reason"]["type"] == "stop"
+    whole = asyncio.run(collect(prog.run(stream=True), return_meta_data=True))
+    assert all(isinstance(piece, str) for piece in whole)  # pairs only for a variable
 
 
 # ---- 3. global_config -------------------------------------------------------------------------
