@@ -63,8 +63,8 @@ def capital(s):
     s += lm.assistant_end()
 
 
+def test_connect_finds_the_model_and_its_tokenizer(ep, local) -> None:
     assert ep.get_model_name() == local.engine.model_path  # SGLang: the model path
-    assert ep.get_model_name() == local.engine.model_name
     assert ep.tokenizer is not None and "token ids" in ep.tokenizer_reason
     assert ep.chat_template == local.chat_template
     assert "stats" in ep.get_server_info()
