@@ -2,7 +2,9 @@
 
 It only calls `refresh()` (which sets traits); it never prints or displays. It holds the view
 weakly and ends when the view is closed or collected, when `stop()` is called, or when
-`done()` has held for `linger` seconds (a finished program's view freezes).
+`done()` has held for `linger` seconds (a finished program's view freezes), or when reading
+fails (a remote runtime that went away): the view keeps its last picture and `error` says why,
+with no traceback from a background thread in the notebook.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Poller:
         self.linger = linger
         self._view = weakref.ref(view)
         self._stop = threading.Event()
+        self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name="lmnb-view", daemon=True)
         self.thread.start()
 
@@ -38,9 +41,14 @@ class Poller:
             view = self._view()
             if view is None or getattr(view, "comm", True) is None:
                 return  # collected, or closed (ipywidgets drops its comm on close)
-            view.refresh()
+            try:
+                view.refresh()
+                finished = self.done is not None and self.done()
+            except Exception as exc:  # the source failed: stop following it
+                self.error = exc
+                return
             del view
-            if self.done is not None and self.done():
+            if finished:
                 done_since = done_since or time.monotonic()
                 if time.monotonic() - done_since >= self.linger:
                     return

@@ -122,6 +122,23 @@ def test_poller_ends_when_done() -> None:
     assert not poller.thread.is_alive()
 
 
+def test_poller_stops_quietly_when_its_source_fails(monkeypatch) -> None:
+    """A remote runtime that went away: the view keeps its last picture, no thread traceback."""
+    raised = []
+    monkeypatch.setattr(threading, "excepthook", raised.append)
+
+    class Gone:
+        comm = object()
+
+        def refresh(self):
+            raise ConnectionError("cannot reach http://127.0.0.1:9")
+
+    poller = Poller(Gone())
+    poller.thread.join(timeout=3)
+    assert not poller.thread.is_alive() and not raised
+    assert isinstance(poller.error, ConnectionError)
+
+
 def _node(nid, parent, num_tokens=5, hits=0, lock=0, text="x"):
     return {"id": nid, "parent": parent, "num_tokens": num_tokens, "lock": lock,
             "last_access": nid, "num_hits": hits, "text": text, "token_ids": []}
