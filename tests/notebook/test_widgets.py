@@ -133,7 +133,8 @@ def test_poller_stops_quietly_when_its_source_fails(monkeypatch) -> None:
         def refresh(self):
             raise ConnectionError("cannot reach http://127.0.0.1:9")
 
-    poller = Poller(Gone())
+    view = Gone()  # held: the poller holds its view weakly
+    poller = Poller(view)
     poller.thread.join(timeout=3)
     assert not poller.thread.is_alive() and not raised
     assert isinstance(poller.error, ConnectionError)
