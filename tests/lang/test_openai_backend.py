@@ -333,6 +333,11 @@ def test_speculation_running_out_calls_again(chat):
     assert values(state) == expected
     reasons = [spec_meta(state, k).get("reason") for k in FIELDS]
     assert "ran out" in reasons and chat.token_usage.num_api_calls >= 2
+    # fewer speculative tokens than the first value needs: its own call cannot serve it
+    tiny = character(2).run(name="Harry Potter", backend=chat)
+    assert values(tiny) == expected
+    name = tiny.get_meta_info("name")
+    assert name["api_calls"] == 2 and name["api_spec"]["reason"] == "ran out"
 
 
 def test_speculation_with_text_after_the_last_gen_and_a_later_turn(chat):
@@ -402,9 +407,9 @@ def test_a_server_refusing_to_continue_is_remembered(server, monkeypatch):
     """Where the server refuses `continue_final_message` (here: a field it does not know),
     the backend says what the program asked for, remembers, and speculation opens turns
     afresh instead."""
-    import lmnb.lang.backend.openai as backend_module
+    import lmnb.lang.backend.api_request as api_request
 
-    monkeypatch.setattr(backend_module, "CONTINUE", {"continue_final_message_v0": True})
+    monkeypatch.setattr(api_request, "CONTINUE", {"continue_final_message_v0": True})
     backend = sgl.OpenAI("default", base_url=server.url + "/v1", max_retries=0)
 
     @sgl.function

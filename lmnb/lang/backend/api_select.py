@@ -237,11 +237,6 @@ def by_speculation(backend: Any, prompt: Prompt, choices: list[str],
     return index, meta, {"prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0}
 
 
-def json_schema_format(schema: str) -> dict[str, Any]:
-    """A JSON schema (text) as the API's `response_format`."""
-    return {"type": "json_schema", "json_schema": {"name": "output", "schema": json.loads(schema)}}
-
-
 METHODS: dict[str, Callable[..., Picked]] = {
     "speculation": by_speculation,
     "prompt_logprobs": by_prompt_logprobs,
