@@ -209,11 +209,11 @@ class OpenAI:
                 self.token_usage.add(saved_api_calls=1, saved_prompt_tokens=got.prompt_tokens)
                 return served(got.text, self._served_result(got))
             reason, wrote = got, spec.text
-        return ApiHandle(lambda h: self._spec_call(prompt, params, sampling, reason, wrote),
+        return ApiHandle(lambda h: self._spec_call(h, prompt, params, sampling, reason, wrote),
                          self.describe)
 
-    def _spec_call(self, prompt: Prompt, params: Any, sampling: tuple, reason: str | None,
-                   wrote: str | None) -> Generator[str, None, Any]:
+    def _spec_call(self, handle: ApiHandle, prompt: Prompt, params: Any, sampling: tuple,
+                   reason: str | None, wrote: str | None) -> Generator[str, None, Any]:
         """Ask for `api_spec_tokens` tokens without the gen's stop strings, keep the output for
         the turn's later gens, cut this gen's value from it. It continues the turn's text
         where the server can; else it opens the turn afresh (the first gen only) and the
@@ -246,15 +246,7 @@ class OpenAI:
         # The value is longer than the speculative output: call for this gen alone.
         meta["api_spec"]["reason"] = got
         request = self.chat_request(prompt, params)
-        return (yield from self.stream_again(request, prompt, meta))
-
-    def stream_again(self, request: dict[str, Any], prompt: Prompt,
-                     meta: dict[str, Any]) -> Generator[str, None, Any]:
-        handle = ApiHandle(lambda h: self.stream(h, request, prompt, api_calls=2, **meta),
-                           self.describe)
-        for chunk in handle:
-            yield chunk.text
-        return handle.result()
+        return (yield from self.stream(handle, request, prompt, api_calls=2, **meta))
 
     def _spec_request(self, prompt: Prompt, params: Any, continuing: bool) -> Any:
         request = self.chat_request(prompt, params, continuing)
