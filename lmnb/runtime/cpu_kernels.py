@@ -192,7 +192,9 @@ def build(extra_flags: tuple[str, ...] = ()) -> NativeKernels:
 
 
 def _build(name: str, flags: tuple[str, ...]) -> Path:
-    source = (CSRC / f"{name}.c").read_bytes()
+    # the key covers the headers too (csrc/*.h), which any source may include
+    source = (CSRC / f"{name}.c").read_bytes() + b"".join(
+        h.read_bytes() for h in sorted(CSRC.glob("*.h")))
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler (cc or gcc) on PATH")

@@ -14,8 +14,10 @@
  * of rows and columns, never over k.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include "linear.h"
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -325,4 +327,31 @@ void lmnb_linear_reference(const float *x, int64_t m, int64_t k, const void *pac
             const void *wp = (const char *)packed + (c / PANEL) * k * PANEL * elem;
             store(y, n, r, c, n, chain(x + r * k, wp, k, bf16, c % PANEL), bias);
         }
+}
+
+/* One entry point for every weight format (linear.h). */
+int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int num_threads) {
+    switch (w->format) {
+    case LMNB_W_F32:
+    case LMNB_W_BF16:
+        lmnb_linear(x, m, w->k, w->data, w->format == LMNB_W_BF16, w->n, w->bias, y,
+                    num_threads);
+        return 0;
+    case LMNB_W_BF16_PAIRS: {
+        if (!lmnb_has_pairs()) return 1;
+        uint16_t *xb = malloc((size_t)(m * w->k) * sizeof *xb);
+        if (!xb) return 1;
+        for (int64_t i = 0; i < m * w->k; i++) { /* round to nearest even, as torch does */
+            uint32_t bits;
+            memcpy(&bits, &x[i], sizeof bits);
+            bits += 0x7FFF + ((bits >> 16) & 1);
+            xb[i] = (uint16_t)(bits >> 16);
+        }
+        const int failed = lmnb_linear_pairs(xb, m, w->k, w->data, w->n, w->bias, y, num_threads);
+        free(xb);
+        return failed;
+    }
+    default:
+        return 1;
+    }
 }

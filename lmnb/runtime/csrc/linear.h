@@ -1,0 +1,29 @@
+/* The weight formats of the batch-invariant matrix products (linear.c) behind one descriptor,
+ * so that callers in C (a whole-model forward) multiply by any weight without knowing its
+ * layout. Every format keeps linear.c's promise: an output element's bits never depend on the
+ * number of rows, the tile or the thread. */
+#ifndef LMNB_LINEAR_H
+#define LMNB_LINEAR_H
+#include <stdint.h>
+
+enum {
+    LMNB_W_F32 = 0,        /* panels of fp32 (lmnb_pack_weight, 4-byte elements) */
+    LMNB_W_BF16 = 1,       /* panels of bf16 widened to fp32 chains (2-byte elements) */
+    LMNB_W_BF16_PAIRS = 2, /* bf16 pair panels for the CPU's bf16 dot product (x rounded to bf16) */
+    LMNB_W_Q4 = 3,         /* reserved: group-32 asymmetric int4 (the GGUF's Q4_1 blocks) */
+    LMNB_W_INT8 = 4,       /* reserved: int8 weight-only */
+};
+
+typedef struct LmnbWeight {
+    int32_t format;      /* LMNB_W_* */
+    int64_t n, k;        /* output and input features */
+    const void *data;    /* the packed weight */
+    const void *scales;  /* per-group or per-channel scales where the format has them */
+    const float *bias;   /* [n] or NULL */
+} LmnbWeight;
+
+/* y [m, n] (fp32) = x [m, k] (fp32) @ w.T (+ bias); 0 on success, 1 if this build or CPU lacks
+ * the format. */
+int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int num_threads);
+
+#endif
