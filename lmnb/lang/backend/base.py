@@ -122,6 +122,28 @@ def prompt_ids(prompt: Prompt | Sequence[int]) -> list[int]:
     return list(prompt.ids) if isinstance(prompt, Prompt) else list(prompt)
 
 
+def decide(method: ChoicesMethod, choices: Sequence[str], choice_ids: list[list[int]],
+           logprobs: list[list[float]], unconditional: list[list[float]] | None,
+           scored: Sequence[Any], counted: Sequence[Any], state_ids: list[list[int]]) -> Choice:
+    """The method's pick among scored choices and the meta info `select` records: `scored`
+    are the choices' own results (one each), `counted` every result the select cost, and
+    `state_ids[i]` what the state appends when choice i wins."""
+    decision = method.decide(logprobs, unconditional)
+    meta = {
+        "choices": list(choices),
+        "scores": decision.scores,
+        "normalized_prompt_logprobs": [sum(lp) / len(lp) for lp in logprobs],
+        "input_token_logprobs": logprobs,
+        "input_token_ids": choice_ids,
+        "unconditional_token_logprobs": unconditional,
+        "prompt_tokens": [r.prompt_tokens for r in scored],
+        "cached_tokens": [r.cached_tokens for r in scored],
+        **decision.meta,
+    }
+    i = decision.index
+    return Choice(i, state_ids[i], meta, token_counts(counted))
+
+
 class TokenBackend:
     """`select` and `commit` for backends with a tokenizer and prompt logprobs: each choice is
     scored by one prefill request after the shared prefix (`max_new_tokens=0` with
@@ -150,20 +172,8 @@ class TokenBackend:
         )
         results = [h.result() for h in handles]
         logprobs = [list(r.prompt_logprobs) for r in results]
-        decision = method.decide(logprobs, unconditional)
-        meta = {
-            "choices": list(choices),
-            "scores": decision.scores,
-            "normalized_prompt_logprobs": [sum(lp) / len(lp) for lp in logprobs],
-            "input_token_logprobs": logprobs,
-            "input_token_ids": choice_ids,
-            "unconditional_token_logprobs": unconditional,
-            "prompt_tokens": [r.prompt_tokens for r in results],
-            "cached_tokens": [r.cached_tokens for r in results],
-            **decision.meta,
-        }
-        i = decision.index
-        return Choice(i, choice_ids[i], meta, token_counts(results))
+        return decide(method, choices, choice_ids, logprobs, unconditional, results, results,
+                      choice_ids)
 
     def _starter(self, track: Track) -> Callable[[list[int], Any], Any]:
         if track is None:

@@ -19,7 +19,15 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
-from lmnb.lang.backend.base import Choice, Prompt, TokenBackend, Track, prompt_ids, token_counts
+from lmnb.lang.backend.base import (
+    Choice,
+    Prompt,
+    TokenBackend,
+    Track,
+    decide,
+    prompt_ids,
+    token_counts,
+)
 from lmnb.lang.backend.http_client import HttpClient
 from lmnb.lang.backend.remote_handle import StreamHandle, blocking
 from lmnb.lang.backend.remote_model import chat_template, find_tokenizer, is_jinja
@@ -167,21 +175,8 @@ class RuntimeEndpoint(TokenBackend):
         """The method's pick and the meta info `select` records (as the in-process one)."""
         unconditional = (self._unconditional(choice_ids, track)
                          if method.needs_unconditional else None)
-        decision = method.decide(logprobs, unconditional)
-        scored = results[-len(choices):]
-        meta = {
-            "choices": list(choices),
-            "scores": decision.scores,
-            "normalized_prompt_logprobs": [sum(lp) / len(lp) for lp in logprobs],
-            "input_token_logprobs": logprobs,
-            "input_token_ids": choice_ids,
-            "unconditional_token_logprobs": unconditional,
-            "prompt_tokens": [r.prompt_tokens for r in scored],
-            "cached_tokens": [r.cached_tokens for r in scored],
-            **decision.meta,
-        }
-        i = decision.index
-        return Choice(i, state_ids[i], meta, token_counts(results))
+        return decide(method, choices, choice_ids, logprobs, unconditional,
+                      results[-len(choices):], results, state_ids)
 
     def _unconditional(self, choice_ids: list[list[int]], track: Track) -> list[list[float]]:
         """Each choice's logprobs given nothing (its first token scores 0, as in SGLang)."""
