@@ -7,9 +7,12 @@ Where there is no compiler, a build or a probe fails, or `LMNB_NO_KERNELS=1`, `l
 None and callers keep their torch path; `status()` says which and why. Knows nothing of the
 model, the scheduler or the radix tree.
 
-Kernels (both batch-invariant: a row's or a query's bits never depend on the rest of the batch):
-- `linear`: y = x @ w.T (+ b) over weights packed once in panels (fp32 or bf16); every output
-  element is one FMA chain over k, whatever the number of rows.
+Kernels (all batch-invariant: a row's or a query's bits never depend on the rest of the batch):
+- `linear`: y = x @ w.T (+ b) over weights packed once in panels, in one of the formats of
+  `csrc/linear.h`: fp32, bf16 (widened, or pairs on the CPU's bf16 dot product), the GGUF's
+  Q4_1 and Q8_0 blocks as they ship (group-32 int4 / int8), per-channel int8; every output
+  element is one FMA chain over k, whatever the number of rows (quantized weights are
+  de-quantized exactly, 32 k at a time, into the same chain).
 - `attention`: one query token at a time over its request's slots in the pool, read in place;
   decode steps and extend steps (a query per new token, causal) share the code (an extend's
   consecutive queries are tiled to share each block of keys, without changing their bits).
@@ -47,16 +50,60 @@ _disabled = False
 i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 
 
+# the weight formats of csrc/linear.h (LMNB_W_*)
+W_F32, W_BF16, W_BF16_PAIRS, W_Q4, W_INT8, W_Q8 = range(6)
+FORMAT_NAMES = {W_F32: "fp32", W_BF16: "bf16", W_BF16_PAIRS: "bf16 pairs", W_Q4: "q4 (Q4_1)",
+                W_INT8: "int8", W_Q8: "q8 (Q8_0)"}
+GGUF_BLOCKS = {"Q4_1": (W_Q4, 20), "Q8_0": (W_Q8, 34)}  # GGUF type -> (format, bytes a block)
+GROUP = 32  # k per block of the GGUF's Q4_1 and Q8_0
+
+
+class LmnbWeight(ctypes.Structure):
+    """csrc/linear.h's descriptor: what C callers pass to `lmnb_linear_w`."""
+
+    _fields_ = [("format", ctypes.c_int32), ("n", ctypes.c_int64), ("k", ctypes.c_int64),
+                ("data", ctypes.c_void_p), ("scales", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p)]
+
+
 class PackedWeight:
-    """A weight [out, in] in the kernel's panel layout, fp32 or bf16; keeps the bias."""
+    """A weight [out, in] in the kernel's panel layout, in one format of csrc/linear.h (its
+    integers or floats in `data`, its scales in `scales`); keeps the bias."""
 
     def __init__(self, data: torch.Tensor, out_features: int, in_features: int,
-                 bias: torch.Tensor | None, pairs: bool = False) -> None:
-        self.data = data  # [panels * in * 16] float32 or bfloat16
+                 bias: torch.Tensor | None, pairs: bool = False, fmt: int | None = None,
+                 scales: torch.Tensor | None = None) -> None:
+        self.data = data  # dense: [panels * in * 16] float32 or bfloat16
+        self.scales = scales
         self.out_features, self.in_features = out_features, in_features
         self.bias = None if bias is None else bias.float().contiguous()
         # bf16 pairs for the CPU's bf16 dot product (csrc/linear.c, lmnb_linear_pairs)
-        self.pairs = pairs
+        self.format = fmt if fmt is not None else (
+            W_BF16_PAIRS if pairs else W_BF16 if data.dtype == torch.bfloat16 else W_F32)
+        self._descriptor: LmnbWeight | None = None
+
+    @property
+    def pairs(self) -> bool:
+        return self.format == W_BF16_PAIRS
+
+    @property
+    def format_name(self) -> str:
+        return FORMAT_NAMES[self.format]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a product reads from the weight (padding panels included)."""
+        scales = 0 if self.scales is None else self.scales.nbytes
+        return self.data.nbytes + scales
+
+    def descriptor(self) -> LmnbWeight:
+        """The LmnbWeight for C callers; valid while this object lives."""
+        if self._descriptor is None:
+            self._descriptor = LmnbWeight(
+                self.format, self.out_features, self.in_features, self.data.data_ptr(),
+                None if self.scales is None else self.scales.data_ptr(),
+                None if self.bias is None else self.bias.data_ptr())
+        return self._descriptor
 
 
 class NativeKernels:
@@ -76,6 +123,21 @@ class NativeKernels:
         # bf16 weights multiply bf16 activations with the CPU's bf16 dot product where it has
         # one (avx512_bf16); elsewhere they are widened to fp32 chains
         self.bf16_pairs = bool(lin.lmnb_has_pairs())
+        weight_p = ctypes.POINTER(LmnbWeight)
+        self._linear_w = lin.lmnb_linear_w
+        self._linear_w.argtypes = [weight_p, ptr, i64, ptr, cint]
+        self._linear_w.restype = cint
+        self._reference_w = lin.lmnb_linear_w_reference
+        self._reference_w.argtypes = [weight_p, ptr, i64, ptr]
+        self._reference_w.restype = cint
+        self._dequantize = lin.lmnb_dequantize
+        self._dequantize.argtypes = [weight_p, ptr]
+        self._dequantize.restype = cint
+        self._pack_gguf = {W_Q4: lin.lmnb_pack_q4_1, W_Q8: lin.lmnb_pack_q8_0}
+        for fn in self._pack_gguf.values():
+            fn.argtypes = [ptr, i64, i64, ptr, ptr]
+        self._pack_int8 = lin.lmnb_pack_int8
+        self._pack_int8.argtypes = [ptr, ptr, i64, i64, ptr, ptr]
         att = libs["attention"]
         self._attention = att.lmnb_attention
         self._attention.argtypes = [ptr, ptr, ptr, cint, ptr, i64, ptr, ptr, i64, i64, i64, i64,
@@ -85,22 +147,74 @@ class NativeKernels:
     # ---- linear ----------------------------------------------------------------------------
 
     def pack(self, weight: torch.Tensor, bias: torch.Tensor | None,
-             dtype: torch.dtype) -> PackedWeight:
-        """weight [out, in] -> panels in `dtype` (float32 or bfloat16)."""
+             dtype: torch.dtype, pairs: bool = True) -> PackedWeight:
+        """weight [out, in] -> panels in `dtype` (float32 or bfloat16). pairs: bf16 weights may
+        take the CPU's bf16 dot product (which rounds x to bf16: for bf16 activations)."""
         out_f, in_f = weight.shape
         w32 = weight.detach().float().contiguous()
         panels = -(-out_f // PANEL)
         data = torch.empty(panels * in_f * PANEL, dtype=dtype)
-        if dtype == torch.bfloat16 and self.bf16_pairs and in_f % 2 == 0:
+        if dtype == torch.bfloat16 and pairs and self.bf16_pairs and in_f % 2 == 0:
             self._pack_pairs(w32.data_ptr(), out_f, in_f, data.data_ptr())
             return PackedWeight(data, out_f, in_f, bias, pairs=True)
         self._pack(w32.data_ptr(), out_f, in_f, data.data_ptr(), data.element_size())
         return PackedWeight(data, out_f, in_f, bias)
 
+    def pack_gguf(self, kind: str, raw: torch.Tensor, out_features: int, in_features: int,
+                  bias: torch.Tensor | None = None) -> PackedWeight:
+        """A GGUF tensor's blocks as the file stores them (`kind` Q4_1 or Q8_0; raw: uint8
+        [out, in / 32 * block bytes]) -> LMNB_W_Q4 or LMNB_W_Q8 panels, the file's values."""
+        if kind not in GGUF_BLOCKS:
+            raise ValueError(f"no native format for GGUF {kind} blocks; have {sorted(GGUF_BLOCKS)}")
+        fmt, block = GGUF_BLOCKS[kind]
+        if in_features % GROUP or raw.shape != (out_features, in_features // GROUP * block):
+            raise ValueError(f"{kind} blocks of shape {tuple(raw.shape)} do not hold a "
+                             f"[{out_features}, {in_features}] weight")
+        raw = raw.contiguous()
+        panels = -(-out_features // PANEL)
+        if fmt == W_Q4:
+            data = torch.empty(panels * in_features * PANEL // 2, dtype=torch.uint8)
+            scales = torch.empty(panels * in_features // GROUP * 2 * PANEL, dtype=torch.int16)
+        else:
+            data = torch.empty(panels * in_features * PANEL, dtype=torch.int8)
+            scales = torch.empty(panels * in_features // GROUP * PANEL, dtype=torch.float32)
+        self._pack_gguf[fmt](raw.data_ptr(), out_features, in_features, data.data_ptr(),
+                             scales.data_ptr())
+        return PackedWeight(data, out_features, in_features, bias, fmt=fmt, scales=scales)
+
+    def pack_int8(self, q: torch.Tensor, scale: torch.Tensor,
+                  bias: torch.Tensor | None = None) -> PackedWeight:
+        """q [out, in] int8 and scale [out] fp32 (w = scale * q) -> LMNB_W_INT8 panels."""
+        out_f, in_f = q.shape
+        q, scale = q.to(torch.int8).contiguous(), scale.float().contiguous()
+        panels = -(-out_f // PANEL)
+        data = torch.empty(panels * in_f * PANEL, dtype=torch.int8)
+        scales = torch.empty(panels * PANEL, dtype=torch.float32)
+        self._pack_int8(q.data_ptr(), scale.data_ptr(), out_f, in_f, data.data_ptr(),
+                        scales.data_ptr())
+        return PackedWeight(data, out_f, in_f, bias, fmt=W_INT8, scales=scales)
+
+    def dequantize(self, w: PackedWeight) -> torch.Tensor:
+        """The values w multiplies by, [out, in] fp32, read back element by element (C)."""
+        out = torch.empty(w.out_features, w.in_features, dtype=torch.float32)
+        if self._dequantize(ctypes.byref(w.descriptor()), out.data_ptr()):
+            raise ValueError(f"cannot read back a {w.format_name} weight")
+        return out
+
     def linear(self, x: torch.Tensor, w: PackedWeight, reference: bool = False) -> torch.Tensor:
         """x [n, in] (any float dtype) -> y [n, out] float32. With bf16 pairs, x is rounded
         to bf16 (exact for a bf16 model's activations)."""
         y = torch.empty(x.shape[0], w.out_features, dtype=torch.float32)
+        if w.format in (W_Q4, W_INT8, W_Q8):
+            x = x.float().contiguous()
+            call = (self._reference_w(ctypes.byref(w.descriptor()), x.data_ptr(), x.shape[0],
+                                      y.data_ptr()) if reference else
+                    self._linear_w(ctypes.byref(w.descriptor()), x.data_ptr(), x.shape[0],
+                                   y.data_ptr(), torch.get_num_threads()))
+            if call:
+                raise ValueError(f"the kernels cannot multiply by a {w.format_name} weight "
+                                 f"[{w.out_features}, {w.in_features}]")
+            return y
         bias = None if w.bias is None else w.bias.data_ptr()
         if w.pairs:
             if reference:
@@ -241,6 +355,17 @@ def _probe(kernels: NativeKernels) -> None:
         same = packed.pairs or torch.equal(got, kernels.linear(xd, packed, reference=True))
         if not (same and torch.equal(got, rows)):
             raise RuntimeError("the compiled linear is not batch-invariant on a probe")
+    for packed in _probe_quantized(kernels, gen):
+        got = kernels.linear(x[:, :packed.in_features], packed)
+        want = torch.nn.functional.linear(x[:, :packed.in_features], kernels.dequantize(packed),
+                                          packed.bias)
+        rows = torch.cat([kernels.linear(x[i : i + 1, :packed.in_features], packed)
+                          for i in range(len(x))])
+        if not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
+            raise RuntimeError(f"the compiled linear disagrees with torch ({packed.format_name})")
+        if not (torch.equal(got, rows) and torch.equal(
+                got, kernels.linear(x[:, :packed.in_features], packed, reference=True))):
+            raise RuntimeError(f"the compiled {packed.format_name} linear is not batch-invariant")
     heads, kv_heads, dim, slots = 6, 2, 16, 40
     q = torch.randn(3, heads, dim, generator=gen)
     k, v = (torch.randn(slots, kv_heads, dim, generator=gen) for _ in range(2))
@@ -259,3 +384,25 @@ def _probe(kernels: NativeKernels) -> None:
                                   0.25)
         if not torch.equal(alone[0], got[i]):
             raise RuntimeError("the compiled attention is not batch-invariant on a probe")
+
+
+def random_blocks(kind: str, out_features: int, in_features: int,
+                  gen: torch.Generator) -> torch.Tensor:
+    """GGUF blocks of `kind` (Q4_1, Q8_0) with random integers and fp16 scales: uint8
+    [out, in / 32 * block bytes] (probes and tests)."""
+    _, block = GGUF_BLOCKS[kind]
+    blocks = torch.randint(0, 256, (out_features, in_features // GROUP, block), generator=gen,
+                           dtype=torch.uint8)
+    scales = (torch.rand(out_features, in_features // GROUP, 2, generator=gen) * 0.1
+              - (0.05 if kind == "Q4_1" else 0.0))  # d, m (Q4_1) or d (Q8_0)
+    halves = scales.half().view(torch.uint8).view(out_features, in_features // GROUP, 4)
+    blocks[..., : 4 if kind == "Q4_1" else 2] = halves[..., : 4 if kind == "Q4_1" else 2]
+    return blocks.view(out_features, -1)
+
+
+def _probe_quantized(kernels: NativeKernels, gen: torch.Generator) -> list[PackedWeight]:
+    bias = torch.randn(40, generator=gen)
+    q = torch.randint(-127, 128, (40, 48), generator=gen, dtype=torch.int8)
+    return [kernels.pack_gguf("Q4_1", random_blocks("Q4_1", 40, 32, gen), 40, 32, bias),
+            kernels.pack_gguf("Q8_0", random_blocks("Q8_0", 40, 32, gen), 40, 32, bias),
+            kernels.pack_int8(q, torch.rand(40, generator=gen) / 127, bias)]

@@ -30,6 +30,7 @@ from lmnb.runtime.device import (
     pick_device,
     pick_dtype,
     pick_kernels,
+    pick_weights,
 )
 from lmnb.runtime.handle import GenerateHandle
 from lmnb.runtime.kv_pool import KVPool, ReqToToken
@@ -71,10 +72,14 @@ class Engine:
         aging_steps: int | None = 256,
         seed: int = 0,
         deterministic: bool | None = None,
+        weights: str | None = None,
     ) -> None:
         """deterministic: run the batch-invariant kernels, so that greedy answers never depend
         on cache hits or on the batch (None: wherever they are available, i.e. on the CPU with
-        a C compiler; True: raise where they are not; False: the torch paths)."""
+        a C compiler; True: raise where they are not; False: the torch paths).
+        weights: the matrix products' weight format, "q4" (a GGUF's Q4_1 blocks as they ship),
+        "int8" (quantized on load), "bf16" or "fp32" (de-quantized); None: `LMNB_WEIGHTS`, else
+        q4 where the file ships it and the native kernels run, else the dtype's."""
         files = loader.resolve(model)
         self.model_name = files.name
         self.model_path = str(files.folder)  # the local folder the weights and tokenizer load from
@@ -84,10 +89,16 @@ class Engine:
         native, self._kernels_reason = pick_kernels(self.device, deterministic)
         self.deterministic = native is not None
         self.dtype, self.dtype_reason = pick_dtype(dtype, self.device, native is not None)
-        self.model = LlamaModel(self.config, loader.load_weights(files.folder), self.dtype,
-                                self.device, native=native)
-        self.max_context = min(self.config.max_position, max_context or self.config.max_position)
         cfg = self.config
+        blocks = ({} if files.gguf is None else
+                  loader.gguf_blocks(files.gguf, cfg.num_heads, cfg.num_kv_heads))
+        self.weights, self.weights_reason = pick_weights(
+            weights, {b.kind for b in blocks.values()}, native is not None, self.dtype,
+            files.name)
+        self.model = LlamaModel(cfg, loader.load_weights(files.folder), self.dtype, self.device,
+                                native=native, weights_format=self.weights,
+                                blocks=blocks if self.weights == "q4" else None)
+        self.max_context = min(self.config.max_position, max_context or self.config.max_position)
         num_slots = (max_tokens_in_cache or DEFAULT_MAX_TOKENS_IN_CACHE) + 1  # + padding sink
         self.pool = KVPool(cfg.num_layers, num_slots, cfg.num_kv_heads, cfg.head_dim,
                            self.dtype, self.device)
@@ -189,8 +200,9 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         """What this engine runs and why: device, dtype, kernels, weight packing, exactness."""
-        paths = {lin.path for layer in self.model.layers
-                 for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)}
+        linears = [lin for layer in self.model.layers
+                   for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        paths = {lin.path for lin in linears}
         info = {
             "model": self.model_name,
             "device": str(self.device),
@@ -199,6 +211,12 @@ class Engine:
             "deterministic": self.deterministic,
             "kernels": self._kernels_reason,
             "linear": ", ".join(sorted(paths)),
+            "weights": self.weights,
+            "weights_reason": self.weights_reason,
+            "weight_formats": (", ".join(sorted({lin.format for lin in linears}))
+                               + f"; lm_head {self.model.lm_head.format}"),
+            "weight_mb_per_token": round(
+                sum(lin.nbytes for lin in [*linears, self.model.lm_head]) / 1e6, 1),
             "attention": "native, one query at a time" if self.deterministic else
                          "torch (SDPA for extend, gather + cascade for decode)",
         }

@@ -1,7 +1,9 @@
 """Finding and loading model weights: the default model, a Hugging Face folder, or a GGUF file.
 
 Owns where models come from and the one-time GGUF -> safetensors conversion into the cache
-folder (`LMNB_CACHE`, default `~/.cache/lmnb`). Knows nothing of the forward or the KV pool.
+folder (`LMNB_CACHE`, default `~/.cache/lmnb`), and reading a GGUF's quantized tensors as they
+ship (`gguf_blocks`: the raw Q4_1/Q8_0 blocks, rows in the converted model's order), for
+weights kept quantized. Knows nothing of the forward or the KV pool.
 Run as `python -m lmnb.runtime.loader [MODEL]` to prepare (convert) a model ahead of time.
 """
 
@@ -31,6 +33,7 @@ class ModelNotFoundError(FileNotFoundError):
 class ModelFiles:
     folder: Path  # a Hugging Face style folder: config.json, *.safetensors, tokenizer files
     name: str
+    gguf: Path | None = None  # the GGUF file the folder was converted from, if any
 
 
 def cache_root() -> Path:
@@ -61,10 +64,10 @@ def resolve(model: str | os.PathLike | None) -> ModelFiles:
     """Where the model's weights, config and tokenizer are; converts a GGUF once if needed."""
     if model is None:
         gguf = default_gguf()
-        return ModelFiles(convert_gguf(gguf), DEFAULT_MODEL_NAME)
+        return ModelFiles(convert_gguf(gguf), DEFAULT_MODEL_NAME, gguf)
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return ModelFiles(convert_gguf(path), path.stem)
+        return ModelFiles(convert_gguf(path), path.stem, path)
     if path.is_dir() and (path / "config.json").exists():
         if not list(path.glob("*.safetensors")):
             raise ModelNotFoundError(f"model folder {path} has config.json but no *.safetensors")
@@ -120,6 +123,113 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     for f in sorted(folder.glob("*.safetensors")):
         tensors.update(load_file(str(f)))
     return tensors
+
+
+# ---- quantized tensors as they ship ---------------------------------------------------------
+
+BLOCK_BYTES = {"Q4_1": 20, "Q8_0": 34}  # GGUF block types read as they are; 32 values a block
+GGUF_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+              "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+              "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+
+
+@dataclass(frozen=True)
+class GGUFBlocks:
+    """One weight [out, in] as the GGUF stores it: `kind` blocks (Q4_1: fp16 d, fp16 m, 16
+    bytes of nibbles; Q8_0: fp16 d, 32 int8) of 32 values along `in`, one row of blocks per
+    output feature, rows in the converted (Hugging Face) order."""
+
+    kind: str
+    shape: tuple[int, int]  # [out, in]
+    raw: torch.Tensor  # uint8 [out, in / 32 * block bytes]
+
+    @staticmethod
+    def cat(parts: list[GGUFBlocks]) -> GGUFBlocks:
+        """Stacked by rows (fused qkv, gate/up): blocks never span rows, so this is exact."""
+        kinds, ins = {p.kind for p in parts}, {p.shape[1] for p in parts}
+        if len(kinds) != 1 or len(ins) != 1:
+            raise ValueError(f"cannot stack blocks of {sorted(kinds)} and widths {sorted(ins)}")
+        return GGUFBlocks(parts[0].kind, (sum(p.shape[0] for p in parts), parts[0].shape[1]),
+                          torch.cat([p.raw for p in parts]))
+
+    def dequantize(self) -> torch.Tensor:
+        """fp32 [out, in]: the file's values, by gguf's own de-quantization."""
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        values = dequantize(self.raw.numpy(), GGMLQuantizationType[self.kind])
+        return torch.from_numpy(values).reshape(self.shape)
+
+
+def gguf_blocks(gguf: Path, num_heads: int, num_kv_heads: int) -> dict[str, GGUFBlocks]:
+    """The file's Q4_1 and Q8_0 matrices as they ship, by converted (Hugging Face) name.
+
+    llama.cpp's converter permutes the rows of q_proj and k_proj (Llama-architecture files)
+    for its rotary layout; the conversion (transformers) permutes them back, and so do we, row
+    by row, so these blocks hold the converted weights' rows in the same order. Reading the
+    GGUF takes seconds (its reader parses the whole vocabulary), so the blocks are kept once
+    in the cache folder (`<cache>/blocks/<stem>-<size>.safetensors`, loaded in well under a
+    second later)."""
+    from safetensors.torch import load_file, save_file
+
+    cached = cache_root() / "blocks" / f"{gguf.stem}-{gguf.stat().st_size}.safetensors"
+    if cached.exists():
+        return _from_tensors(load_file(str(cached)))
+    blocks = _read_blocks(gguf, num_heads, num_kv_heads)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".q_blocks-")
+    os.close(fd)
+    try:
+        save_file({f"{b.kind}:{name}": b.raw for name, b in blocks.items()}, tmp)
+        os.replace(tmp, cached)  # atomic: another process may write the same file
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return blocks
+
+
+def _from_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, GGUFBlocks]:
+    out = {}
+    for key, raw in tensors.items():
+        kind, name = key.split(":", 1)
+        out[name] = GGUFBlocks(kind, (raw.shape[0], raw.shape[1] // BLOCK_BYTES[kind] * 32), raw)
+    return out
+
+
+def _read_blocks(gguf: Path, num_heads: int, num_kv_heads: int) -> dict[str, GGUFBlocks]:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(gguf)
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    out: dict[str, GGUFBlocks] = {}
+    for t in reader.tensors:
+        name, kind = _hf_name(t.name), t.tensor_type.name
+        if name is None or kind not in BLOCK_BYTES:
+            continue
+        shape = (int(t.shape[1]), int(t.shape[0]))  # GGUF lists [in, out]
+        raw = torch.from_numpy(t.data.copy()).view(torch.uint8).reshape(shape[0], -1)
+        if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = num_heads if "q_proj" in name else num_kv_heads
+            raw = raw[_unpermute_rows(shape[0], heads)]
+        out[name] = GGUFBlocks(kind, shape, raw)
+    return out
+
+
+def _hf_name(gguf_name: str) -> str | None:
+    if gguf_name == "token_embd.weight":
+        return "model.embed_tokens.weight"
+    if gguf_name == "output.weight":
+        return "lm_head.weight"
+    parts = gguf_name.split(".")  # blk.<i>.<name>.weight
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in GGUF_NAMES:
+        return f"model.layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
+    return None
+
+
+def _unpermute_rows(rows: int, heads: int) -> torch.Tensor:
+    """For each converted row, the GGUF row it is: the file orders a head's rows (i, e) for
+    i < dim / 2, e < 2, the converted model (e, i)."""
+    return torch.arange(rows).view(heads, rows // heads // 2, 2).transpose(1, 2).reshape(-1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,26 +15,24 @@ from lmnb.runtime.batch import ForwardBatch
 from lmnb.runtime.config import ModelConfig
 from lmnb.runtime.cpu_kernels import NativeKernels
 from lmnb.runtime.kv_pool import KVPool
-from lmnb.runtime.linear import Linear
+from lmnb.runtime.linear import Linears
+from lmnb.runtime.loader import GGUFBlocks
 from lmnb.runtime.rope import RotaryTable
 
 
 class Layer:
     def __init__(self, w: dict[str, torch.Tensor], prefix: str, cfg: ModelConfig,
-                 pack: bool, native: NativeKernels | None) -> None:
+                 linears: Linears) -> None:
         a, m = f"{prefix}.self_attn", f"{prefix}.mlp"
         self.input_norm = w[f"{prefix}.input_layernorm.weight"]
         self.post_norm = w[f"{prefix}.post_attention_layernorm.weight"]
         qkv_bias = (
             torch.cat([w[f"{a}.{p}_proj.bias"] for p in "qkv"]) if cfg.qkv_bias else None
         )
-        self.qkv = Linear(torch.cat([w[f"{a}.{p}_proj.weight"] for p in "qkv"]), qkv_bias, pack,
-                          native)
-        self.o = Linear(w[f"{a}.o_proj.weight"], None, pack, native)
-        self.gate_up = Linear(
-            torch.cat([w[f"{m}.gate_proj.weight"], w[f"{m}.up_proj.weight"]]), None, pack,
-            native)
-        self.down = Linear(w[f"{m}.down_proj.weight"], None, pack, native)
+        self.qkv = linears([f"{a}.{p}_proj.weight" for p in "qkv"], qkv_bias)
+        self.o = linears([f"{a}.o_proj.weight"])
+        self.gate_up = linears([f"{m}.gate_proj.weight", f"{m}.up_proj.weight"])
+        self.down = linears([f"{m}.down_proj.weight"])
 
 
 class LlamaModel:
@@ -46,20 +44,24 @@ class LlamaModel:
         device: torch.device,
         pack_weights: bool = True,
         native: NativeKernels | None = None,
+        weights_format: str | None = None,
+        blocks: dict[str, GGUFBlocks] | None = None,
     ) -> None:
         """pack_weights: pre-pack the matrix products' weights for oneDNN where `linear.Linear`
-        can. native: run matrix products and attention on the batch-invariant kernels."""
+        can. native: run matrix products and attention on the batch-invariant kernels.
+        weights_format, blocks: the matrix products' weights (`linear.Linears`): q4 (the GGUF's
+        blocks, given), int8, bf16, fp32, or None (in `dtype`)."""
         self.cfg = cfg
         self.dtype = dtype
         self.device = device
         w = {k: v.to(device=device, dtype=dtype) for k, v in weights.items()}
         self.embed = w["model.embed_tokens.weight"]
-        self.lm_head = Linear(
-            self.embed if cfg.tie_word_embeddings else w["lm_head.weight"], None, pack_weights,
-            native)
+        linears = Linears(weights, dtype, device, pack_weights, native, weights_format, blocks)
+        self.lm_head = linears(["model.embed_tokens.weight" if cfg.tie_word_embeddings
+                                else "lm_head.weight"])
         self.norm = w["model.norm.weight"]
         self.native = native
-        self.layers = [Layer(w, f"model.layers.{i}", cfg, pack_weights, native)
+        self.layers = [Layer(w, f"model.layers.{i}", cfg, linears)
                        for i in range(cfg.num_layers)]
         self.rope = RotaryTable(cfg, dtype, device)
         self.scale = cfg.head_dim**-0.5

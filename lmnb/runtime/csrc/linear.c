@@ -12,6 +12,14 @@
  * multiple of 16 with zeros), in fp32 or bf16 (bf16 is widened exactly to fp32 as it is read).
  * x and y are fp32 [M, K] and [M, N], contiguous. Work is split over OpenMP threads by blocks
  * of rows and columns, never over k.
+ *
+ * Quantized weights (linear.h: Q4, Q8, INT8) keep the same panels of 16 columns, with their
+ * integers and scales side by side. A tile de-quantizes 32 k of its panels at a time into fp32
+ * (w = fma(d, q, m) for Q4, s * q for the int8 formats; for the GGUF's blocks that is exactly
+ * the value the file means, since d * q is exact in fp32 for an fp16 d and a 4- or 8-bit q)
+ * and runs the same FMA chain over them, so a quantized weight gives the bits of the fp32
+ * weight holding its de-quantized values, while a decode step reads 5 (Q4) or 8-9 (int8) bits
+ * a weight instead of 16 or 32.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -33,6 +41,45 @@ static inline float bf16_to_f32(uint16_t h) {
     float f;
     memcpy(&f, &bits, sizeof f);
     return f;
+}
+
+#define GROUP 32 /* k a quantized span covers: the GGUF's block; Q4 and Q8 scales change per group */
+
+/* IEEE half -> float, exactly (every half is a float). */
+static inline float half_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+    if (exp == 0x1F) {
+        bits = sign | 0x7F800000u | (man << 13); /* inf, nan */
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else { /* a subnormal half is a normal float */
+        exp = 113;
+        while (!(man & 0x400)) {
+            man <<= 1;
+            exp--;
+        }
+        bits = sign | (exp << 23) | ((man & 0x3FF) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* The effective weight of column j of a quantized panel at k = kk: what every path multiplies
+ * by. wp, sp: the panel's integers and scales; group: k per scale (Q8: 32, INT8: k). */
+static inline float q_weight(int fmt, const void *wp, const void *sp, int64_t group, int64_t kk,
+                             int j) {
+    if (fmt == LMNB_W_Q4) { /* bytes [k/2][16]: low nibble k even, high nibble k odd */
+        const uint8_t b = ((const uint8_t *)wp)[(kk / 2) * PANEL + j];
+        const float q = (float)(kk % 2 ? b >> 4 : b & 0xF);
+        const uint16_t *s = (const uint16_t *)sp + (kk / GROUP) * 2 * PANEL; /* d[16], m[16] */
+        return fmaf(half_to_f32(s[j]), q, half_to_f32(s[PANEL + j]));
+    }
+    const float q = (float)((const int8_t *)wp)[kk * PANEL + j];
+    return ((const float *)sp)[(kk / group) * PANEL + j] * q;
 }
 
 /* Pack w [N, K] (fp32) into panels; dst holds ceil(N/16) * K * 16 elements of the given
@@ -66,6 +113,14 @@ static float chain(const float *x, const void *wp, int64_t k, int bf16, int64_t 
                               : ((const float *)wp)[kk * PANEL + j];
         acc = fmaf(x[kk], wv, acc);
     }
+    return acc;
+}
+
+/* The same chain over a quantized panel's effective weights. */
+static float qchain(int fmt, const float *x, const void *wp, const void *sp, int64_t k,
+                    int64_t group, int j) {
+    float acc = 0.0f;
+    for (int64_t kk = 0; kk < k; kk++) acc = fmaf(x[kk], q_weight(fmt, wp, sp, group, kk, j), acc);
     return acc;
 }
 
@@ -124,6 +179,70 @@ static void tile_rows(int rows, const float *x, int64_t k, const void *const wps
     default: tile(1, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
     }
 }
+
+/* Columns 16p .. 16p+15 of a quantized panel at k = k0 .. k0+len-1 (len <= 32, k0 a multiple of
+ * 32) de-quantized into buf[len][16]: the same values as q_weight. */
+static void dequant_span(int fmt, const void *wp, const void *sp, int64_t group, int64_t k0,
+                         int64_t len, float *buf) {
+    if (fmt == LMNB_W_Q4) {
+        const uint16_t *s = (const uint16_t *)sp + (k0 / GROUP) * 2 * PANEL;
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
+        const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + PANEL)));
+        const __m512i low = _mm512_set1_epi32(0xF);
+        const uint8_t *q = (const uint8_t *)wp + k0 / 2 * PANEL;
+        for (int64_t i = 0; i < len / 2; i++) {
+            const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + i * PANEL)));
+            const __m512 q0 = _mm512_cvtepi32_ps(_mm512_and_si512(b, low));
+            const __m512 q1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+            _mm512_store_ps(buf + 2 * i * PANEL, _mm512_fmadd_ps(d, q0, m));
+            _mm512_store_ps(buf + (2 * i + 1) * PANEL, _mm512_fmadd_ps(d, q1, m));
+        }
+        return;
+    }
+    const __m512 s = _mm512_loadu_ps((const float *)sp + (k0 / group) * PANEL);
+    const int8_t *q = (const int8_t *)wp + k0 * PANEL;
+    for (int64_t i = 0; i < len; i++) {
+        const __m512i b = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + i * PANEL)));
+        _mm512_store_ps(buf + i * PANEL, _mm512_mul_ps(s, _mm512_cvtepi32_ps(b)));
+    }
+}
+
+/* rows x (NP quantized panels): 32 k de-quantized at a time, then the fp32 chain over them. */
+static inline __attribute__((always_inline)) void qtile(
+    int rows, int fmt, const float *x, int64_t k, int64_t group, const void *const wps[NP],
+    const void *const sps[NP], float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
+    const float *bias) {
+    float buf[NP][GROUP * PANEL] __attribute__((aligned(64)));
+    __m512 acc[MR][NP];
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < NP; p++) acc[i][p] = _mm512_setzero_ps();
+    for (int64_t k0 = 0; k0 < k; k0 += GROUP) {
+        const int64_t len = k - k0 < GROUP ? k - k0 : GROUP;
+        for (int p = 0; p < NP; p++) dequant_span(fmt, wps[p], sps[p], group, k0, len, buf[p]);
+        for (int64_t kk = 0; kk < len; kk++) {
+            __m512 wv[NP];
+            for (int p = 0; p < NP; p++) wv[p] = _mm512_load_ps(buf[p] + kk * PANEL);
+            for (int i = 0; i < rows; i++) {
+                const __m512 xv = _mm512_set1_ps(x[i * k + k0 + kk]);
+                for (int p = 0; p < NP; p++) acc[i][p] = _mm512_fmadd_ps(xv, wv[p], acc[i][p]);
+            }
+        }
+    }
+    store_tile(rows, acc, y, ldy, row0, col0, n, bias);
+}
+
+static void qtile_rows(int rows, int fmt, const float *x, int64_t k, int64_t group,
+                       const void *const wps[NP], const void *const sps[NP], float *y,
+                       int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
+    switch (rows) {
+    case 6: qtile(6, fmt, x, k, group, wps, sps, y, ldy, row0, col0, n, bias); break;
+    case 5: qtile(5, fmt, x, k, group, wps, sps, y, ldy, row0, col0, n, bias); break;
+    case 4: qtile(4, fmt, x, k, group, wps, sps, y, ldy, row0, col0, n, bias); break;
+    case 3: qtile(3, fmt, x, k, group, wps, sps, y, ldy, row0, col0, n, bias); break;
+    case 2: qtile(2, fmt, x, k, group, wps, sps, y, ldy, row0, col0, n, bias); break;
+    default: qtile(1, fmt, x, k, group, wps, sps, y, ldy, row0, col0, n, bias); break;
+    }
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 /* The same chains with 8-wide vectors: a panel is two halves; tiles of up to 3 rows keep the
  * 12 accumulators in the 16 registers. */
@@ -172,6 +291,78 @@ static void tile_rows(int rows, const float *x, int64_t k, const void *const wps
         }
     }
 }
+
+/* As the AVX-512 dequant_span, 8 columns at a time. */
+static void dequant_span(int fmt, const void *wp, const void *sp, int64_t group, int64_t k0,
+                         int64_t len, float *buf) {
+    for (int h = 0; h < 2; h++) {
+        if (fmt == LMNB_W_Q4) {
+            const uint16_t *s = (const uint16_t *)sp + (k0 / GROUP) * 2 * PANEL + 8 * h;
+            const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s));
+            const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + PANEL)));
+            const __m256i low = _mm256_set1_epi32(0xF);
+            const uint8_t *q = (const uint8_t *)wp + k0 / 2 * PANEL + 8 * h;
+            for (int64_t i = 0; i < len / 2; i++) {
+                const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + i * PANEL)));
+                const __m256 q0 = _mm256_cvtepi32_ps(_mm256_and_si256(b, low));
+                const __m256 q1 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+                _mm256_store_ps(buf + 2 * i * PANEL + 8 * h, _mm256_fmadd_ps(d, q0, m));
+                _mm256_store_ps(buf + (2 * i + 1) * PANEL + 8 * h, _mm256_fmadd_ps(d, q1, m));
+            }
+            continue;
+        }
+        const __m256 s = _mm256_loadu_ps((const float *)sp + (k0 / group) * PANEL + 8 * h);
+        const int8_t *q = (const int8_t *)wp + k0 * PANEL + 8 * h;
+        for (int64_t i = 0; i < len; i++) {
+            const __m256i b = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + i * PANEL)));
+            _mm256_store_ps(buf + i * PANEL + 8 * h, _mm256_mul_ps(s, _mm256_cvtepi32_ps(b)));
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void qtile2(
+    int rows, int fmt, const float *x, int64_t k, int64_t group, const void *const wps[NP],
+    const void *const sps[NP], float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
+    const float *bias) {
+    float buf[NP][GROUP * PANEL] __attribute__((aligned(32)));
+    __m256 acc[MR2][2 * NP];
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < 2 * NP; p++) acc[i][p] = _mm256_setzero_ps();
+    for (int64_t k0 = 0; k0 < k; k0 += GROUP) {
+        const int64_t len = k - k0 < GROUP ? k - k0 : GROUP;
+        for (int p = 0; p < NP; p++) dequant_span(fmt, wps[p], sps[p], group, k0, len, buf[p]);
+        for (int64_t kk = 0; kk < len; kk++) {
+            __m256 wv[2 * NP];
+            for (int p = 0; p < 2 * NP; p++)
+                wv[p] = _mm256_load_ps(buf[p / 2] + kk * PANEL + 8 * (p % 2));
+            for (int i = 0; i < rows; i++) {
+                const __m256 xv = _mm256_set1_ps(x[i * k + k0 + kk]);
+                for (int p = 0; p < 2 * NP; p++) acc[i][p] = _mm256_fmadd_ps(xv, wv[p], acc[i][p]);
+            }
+        }
+    }
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < 2 * NP; p++) {
+            float out[8];
+            _mm256_storeu_ps(out, acc[i][p]);
+            for (int j = 0; j < 8; j++)
+                store(y, ldy, row0 + i, col0 + p * 8 + j, n, out[j], bias);
+        }
+}
+
+static void qtile_rows(int rows, int fmt, const float *x, int64_t k, int64_t group,
+                       const void *const wps[NP], const void *const sps[NP], float *y,
+                       int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
+    for (int i = 0; i < rows; i += MR2) {
+        const int r = rows - i < MR2 ? rows - i : MR2;
+        const float *xi = x + i * k;
+        switch (r) {
+        case 3: qtile2(3, fmt, xi, k, group, wps, sps, y, ldy, row0 + i, col0, n, bias); break;
+        case 2: qtile2(2, fmt, xi, k, group, wps, sps, y, ldy, row0 + i, col0, n, bias); break;
+        default: qtile2(1, fmt, xi, k, group, wps, sps, y, ldy, row0 + i, col0, n, bias); break;
+        }
+    }
+}
 #else
 static void tile_rows(int rows, const float *x, int64_t k, const void *const wps[NP], int bf16,
                       float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
@@ -181,6 +372,16 @@ static void tile_rows(int rows, const float *x, int64_t k, const void *const wps
             for (int j = 0; j < PANEL; j++)
                 store(y, ldy, row0 + i, col0 + p * PANEL + j, n,
                       chain(x + i * k, wps[p], k, bf16, j), bias);
+}
+
+static void qtile_rows(int rows, int fmt, const float *x, int64_t k, int64_t group,
+                       const void *const wps[NP], const void *const sps[NP], float *y,
+                       int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < NP; p++)
+            for (int j = 0; j < PANEL; j++)
+                store(y, ldy, row0 + i, col0 + p * PANEL + j, n,
+                      qchain(fmt, x + i * k, wps[p], sps[p], k, group, j), bias);
 }
 #endif
 
@@ -250,31 +451,48 @@ void lmnb_pack_pairs(const float *w, int64_t n, int64_t k, uint16_t *dst) {
             }
 }
 
-/* A tile of up to MR rows of x (fp32, or bf16 for the pair path) against NP panels. */
-typedef void (*TileFn)(int rows, const void *x, int64_t k, const void *const wps[NP], int bf16,
-                       float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
-                       const float *bias);
+/* A tile of up to MR rows of x (fp32, or bf16 for the pair path) against NP panels (wps) and
+ * their scales (sps, quantized formats); mode: the bf16 flag of the chain tiles, the format of
+ * the quantized ones; group: k per scale. */
+typedef void (*TileFn)(int rows, const void *x, int64_t k, int64_t group, const void *const wps[NP],
+                       const void *const sps[NP], int mode, float *y, int64_t ldy, int64_t row0,
+                       int64_t col0, int64_t n, const float *bias);
 
-static void chain_tiles(int rows, const void *x, int64_t k, const void *const wps[NP], int bf16,
-                        float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
-                        const float *bias) {
+static void chain_tiles(int rows, const void *x, int64_t k, int64_t group,
+                        const void *const wps[NP], const void *const sps[NP], int bf16, float *y,
+                        int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
+    (void)group; (void)sps;
     tile_rows(rows, (const float *)x, k, wps, bf16, y, ldy, row0, col0, n, bias);
 }
 
+static void quant_tiles(int rows, const void *x, int64_t k, int64_t group,
+                        const void *const wps[NP], const void *const sps[NP], int fmt, float *y,
+                        int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
+    qtile_rows(rows, fmt, (const float *)x, k, group, wps, sps, y, ldy, row0, col0, n, bias);
+}
+
 #ifdef __AVX512BF16__
-static void pair_tiles(int rows, const void *x, int64_t k, const void *const wps[NP], int bf16,
-                       float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
-                       const float *bias) {
-    (void)bf16;
+static void pair_tiles(int rows, const void *x, int64_t k, int64_t group,
+                       const void *const wps[NP], const void *const sps[NP], int bf16, float *y,
+                       int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
+    (void)group; (void)sps; (void)bf16;
     tile_pairs_rows(rows, (const uint16_t *)x, k, wps, y, ldy, row0, col0, n, bias);
 }
 #endif
 
+/* Where a weight's panel p starts: data + p * w_panel bytes, scales + p * s_panel bytes. */
+typedef struct Panels {
+    const void *data;
+    int64_t w_panel;
+    const void *scales;
+    int64_t s_panel;
+    int64_t group; /* k per scale */
+} Panels;
+
 /* Every tile of y [m, n], work items of ROW_BLOCK rows x COL_BLOCK panels over the threads.
- * x_bytes, w_bytes: the size of one element of x and of the packed weights. */
-static void all_tiles(TileFn fn, const void *x, int x_bytes, int64_t m, int64_t k,
-                      const void *packed, int w_bytes, int bf16, int64_t n, const float *bias,
-                      float *y, int num_threads) {
+ * x_bytes: the size of one element of x. */
+static void all_tiles(TileFn fn, int mode, const void *x, int x_bytes, int64_t m, int64_t k,
+                      Panels w, int64_t n, const float *bias, float *y, int num_threads) {
     const int64_t panels = (n + PANEL - 1) / PANEL;
     const int64_t col_blocks = (panels + COL_BLOCK - 1) / COL_BLOCK;
     const int64_t row_blocks = (m + ROW_BLOCK - 1) / ROW_BLOCK;
@@ -284,27 +502,32 @@ static void all_tiles(TileFn fn, const void *x, int x_bytes, int64_t m, int64_t 
             const int64_t p_end = (cb + 1) * COL_BLOCK < panels ? (cb + 1) * COL_BLOCK : panels;
             const int64_t r_end = (rb + 1) * ROW_BLOCK < m ? (rb + 1) * ROW_BLOCK : m;
             for (int64_t p = cb * COL_BLOCK; p < p_end; p += NP) {
-                const void *wps[NP];
+                const void *wps[NP], *sps[NP];
                 for (int q = 0; q < NP; q++) { /* a missing last panel reads a real one */
                     const int64_t pp = p + q < panels ? p + q : p;
-                    wps[q] = (const char *)packed + pp * k * PANEL * w_bytes;
+                    wps[q] = (const char *)w.data + pp * w.w_panel;
+                    sps[q] = w.scales ? (const char *)w.scales + pp * w.s_panel : NULL;
                 }
                 for (int64_t r = rb * ROW_BLOCK; r < r_end; r += MR) {
                     const int rows = r_end - r < MR ? (int)(r_end - r) : MR;
                     /* columns of a duplicated panel are past n or written twice identically */
-                    fn(rows, (const char *)x + r * k * x_bytes, k, wps, bf16, y, n, r,
-                       p * PANEL, n, bias);
+                    fn(rows, (const char *)x + r * k * x_bytes, k, w.group, wps, sps, mode, y, n,
+                       r, p * PANEL, n, bias);
                 }
             }
         }
     }
 }
 
+static Panels dense_panels(const void *packed, int64_t k, int elem_bytes) {
+    return (Panels){packed, k * PANEL * elem_bytes, NULL, 0, k};
+}
+
 /* y [m, n] = x [m, k] (bf16) @ w.T (+ bias), w packed by lmnb_pack_pairs; 1 if unsupported. */
 int lmnb_linear_pairs(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed,
                       int64_t n, const float *bias, float *y, int num_threads) {
 #ifdef __AVX512BF16__
-    all_tiles(pair_tiles, x, 2, m, k, packed, 2, 1, n, bias, y, num_threads);
+    all_tiles(pair_tiles, 1, x, 2, m, k, dense_panels(packed, k, 2), n, bias, y, num_threads);
     return 0;
 #else
     (void)x; (void)m; (void)k; (void)packed; (void)n; (void)bias; (void)y; (void)num_threads;
@@ -315,7 +538,8 @@ int lmnb_linear_pairs(const uint16_t *x, int64_t m, int64_t k, const uint16_t *p
 /* y [m, n] = x [m, k] @ w.T (+ bias), w packed by lmnb_pack_weight. */
 void lmnb_linear(const float *x, int64_t m, int64_t k, const void *packed, int bf16, int64_t n,
                  const float *bias, float *y, int num_threads) {
-    all_tiles(chain_tiles, x, 4, m, k, packed, bf16 ? 2 : 4, bf16, n, bias, y, num_threads);
+    all_tiles(chain_tiles, bf16, x, 4, m, k, dense_panels(packed, k, bf16 ? 2 : 4), n, bias, y,
+              num_threads);
 }
 
 /* Reference: the same chain element by element, no tiles (for tests). */
@@ -329,8 +553,138 @@ void lmnb_linear_reference(const float *x, int64_t m, int64_t k, const void *pac
         }
 }
 
+/* ---- quantized weights ------------------------------------------------------------------- */
+
+/* The panels of a quantized weight (linear.h): Q4 data [panels][k/2][16] bytes (the low nibble
+ * holds the even k), scales [panels][k/32][2][16] fp16 (d then m); Q8 and INT8 data
+ * [panels][k][16] int8, scales [panels][groups][16] fp32 (Q8: a group per 32 k, INT8: one). */
+static Panels quant_panels(const LmnbWeight *w) {
+    switch (w->format) {
+    case LMNB_W_Q4:
+        return (Panels){w->data, w->k / 2 * PANEL, w->scales, w->k / GROUP * 2 * PANEL * 2, GROUP};
+    case LMNB_W_Q8:
+        return (Panels){w->data, w->k * PANEL, w->scales, w->k / GROUP * PANEL * 4, GROUP};
+    default: /* LMNB_W_INT8 */
+        return (Panels){w->data, w->k * PANEL, w->scales, PANEL * 4, w->k};
+    }
+}
+
+/* GGUF Q4_1 blocks [n][k/32] of 20 bytes (fp16 d, fp16 m, 16 bytes: byte i holds element i in
+ * its low nibble and element i + 16 in its high one) -> LMNB_W_Q4 panels. k % 32 == 0. */
+void lmnb_pack_q4_1(const uint8_t *blocks, int64_t n, int64_t k, uint8_t *data,
+                    uint16_t *scales) {
+    const int64_t panels = (n + PANEL - 1) / PANEL, groups = k / GROUP;
+#pragma omp parallel for
+    for (int64_t p = 0; p < panels; p++)
+        for (int64_t g = 0; g < groups; g++)
+            for (int64_t j = 0; j < PANEL; j++) {
+                const int64_t col = p * PANEL + j;
+                uint16_t *s = scales + (p * groups + g) * 2 * PANEL;
+                uint8_t *q = data + (p * groups + g) * (GROUP / 2) * PANEL;
+                if (col >= n) { /* padding: w = 0 */
+                    s[j] = s[PANEL + j] = 0;
+                    for (int i = 0; i < GROUP / 2; i++) q[i * PANEL + j] = 0;
+                    continue;
+                }
+                const uint8_t *b = blocks + (col * groups + g) * 20;
+                memcpy(&s[j], b, 2);
+                memcpy(&s[PANEL + j], b + 2, 2);
+                for (int i = 0; i < GROUP / 2; i++) {
+                    const int e0 = 2 * i, e1 = 2 * i + 1; /* elements of the block */
+                    const uint8_t q0 = e0 < 16 ? b[4 + e0] & 0xF : b[4 + e0 - 16] >> 4;
+                    const uint8_t q1 = e1 < 16 ? b[4 + e1] & 0xF : b[4 + e1 - 16] >> 4;
+                    q[i * PANEL + j] = (uint8_t)(q0 | q1 << 4);
+                }
+            }
+}
+
+/* GGUF Q8_0 blocks [n][k/32] of 34 bytes (fp16 d, 32 int8) -> LMNB_W_Q8 panels. */
+void lmnb_pack_q8_0(const uint8_t *blocks, int64_t n, int64_t k, int8_t *data, float *scales) {
+    const int64_t panels = (n + PANEL - 1) / PANEL, groups = k / GROUP;
+#pragma omp parallel for
+    for (int64_t p = 0; p < panels; p++)
+        for (int64_t g = 0; g < groups; g++)
+            for (int64_t j = 0; j < PANEL; j++) {
+                const int64_t col = p * PANEL + j;
+                const uint8_t *b = blocks + (col * groups + g) * 34;
+                uint16_t d = 0;
+                if (col < n) memcpy(&d, b, 2);
+                scales[(p * groups + g) * PANEL + j] = half_to_f32(d);
+                for (int i = 0; i < GROUP; i++)
+                    data[(p * k + g * GROUP + i) * PANEL + j] = col < n ? (int8_t)b[2 + i] : 0;
+            }
+}
+
+/* q [n][k] int8 and one scale a row, s [n] -> LMNB_W_INT8 panels. */
+void lmnb_pack_int8(const int8_t *q, const float *s, int64_t n, int64_t k, int8_t *data,
+                    float *scales) {
+    const int64_t panels = (n + PANEL - 1) / PANEL;
+#pragma omp parallel for
+    for (int64_t p = 0; p < panels; p++)
+        for (int64_t j = 0; j < PANEL; j++) {
+            const int64_t col = p * PANEL + j;
+            scales[p * PANEL + j] = col < n ? s[col] : 0.0f;
+            for (int64_t kk = 0; kk < k; kk++)
+                data[(p * k + kk) * PANEL + j] = col < n ? q[col * k + kk] : 0;
+        }
+}
+
+static int is_quant(int32_t format) {
+    return format == LMNB_W_Q4 || format == LMNB_W_INT8 || format == LMNB_W_Q8;
+}
+
+static int fits(const LmnbWeight *w) {
+    if (w->format == LMNB_W_Q4 || w->format == LMNB_W_Q8) return w->k % GROUP == 0;
+    return w->format >= LMNB_W_F32 && w->format <= LMNB_W_INT8;
+}
+
+/* The weight's effective values out [n][k] (fp32), element by element (for tests). */
+int lmnb_dequantize(const LmnbWeight *w, float *out) {
+    if (!fits(w)) return 1;
+    const int64_t k = w->k;
+    for (int64_t c = 0; c < w->n; c++)
+        for (int64_t kk = 0; kk < k; kk++) {
+            const int64_t p = c / PANEL, j = c % PANEL;
+            float v;
+            if (is_quant(w->format)) {
+                const Panels pw = quant_panels(w);
+                v = q_weight(w->format, (const char *)pw.data + p * pw.w_panel,
+                             (const char *)pw.scales + p * pw.s_panel, pw.group, kk, (int)j);
+            } else if (w->format == LMNB_W_F32) {
+                v = ((const float *)w->data)[(p * k + kk) * PANEL + j];
+            } else if (w->format == LMNB_W_BF16) {
+                v = bf16_to_f32(((const uint16_t *)w->data)[(p * k + kk) * PANEL + j]);
+            } else { /* pairs: [p][k/2][16][2] */
+                v = bf16_to_f32(((const uint16_t *)w->data)[((p * (k / 2) + kk / 2) * PANEL + j) * 2 + kk % 2]);
+            }
+            out[c * k + kk] = v;
+        }
+    return 0;
+}
+
+/* Reference for every format but the pairs: each element's chain alone, no tiles (tests). */
+int lmnb_linear_w_reference(const LmnbWeight *w, const float *x, int64_t m, float *y) {
+    if (!fits(w) || w->format == LMNB_W_BF16_PAIRS) return 1;
+    if (!is_quant(w->format)) {
+        lmnb_linear_reference(x, m, w->k, w->data, w->format == LMNB_W_BF16, w->n, w->bias, y);
+        return 0;
+    }
+    const Panels pw = quant_panels(w);
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t c = 0; c < w->n; c++) {
+            const int64_t p = c / PANEL;
+            store(y, w->n, r, c, w->n,
+                  qchain(w->format, x + r * w->k, (const char *)pw.data + p * pw.w_panel,
+                         (const char *)pw.scales + p * pw.s_panel, w->k, pw.group,
+                         (int)(c % PANEL)),
+                  w->bias);
+        }
+    return 0;
+}
+
 /* One entry point for every weight format (linear.h). */
 int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int num_threads) {
+    if (!fits(w)) return 1;
     switch (w->format) {
     case LMNB_W_F32:
     case LMNB_W_BF16:
@@ -338,7 +692,7 @@ int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int 
                     num_threads);
         return 0;
     case LMNB_W_BF16_PAIRS: {
-        if (!lmnb_has_pairs()) return 1;
+        if (!lmnb_has_pairs() || w->k % 2) return 1;
         uint16_t *xb = malloc((size_t)(m * w->k) * sizeof *xb);
         if (!xb) return 1;
         for (int64_t i = 0; i < m * w->k; i++) { /* round to nearest even, as torch does */
@@ -352,6 +706,8 @@ int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int 
         return failed;
     }
     default:
-        return 1;
+        all_tiles(quant_tiles, w->format, x, 4, m, w->k, quant_panels(w), w->n, w->bias, y,
+                  num_threads);
+        return 0;
     }
 }

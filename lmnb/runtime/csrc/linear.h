@@ -1,7 +1,12 @@
 /* The weight formats of the batch-invariant matrix products (linear.c) behind one descriptor,
  * so that callers in C (a whole-model forward) multiply by any weight without knowing its
  * layout. Every format keeps linear.c's promise: an output element's bits never depend on the
- * number of rows, the tile or the thread. */
+ * number of rows, the tile or the thread.
+ *
+ * Every format but the bf16 pairs computes the same thing: each output element is one fp32 FMA
+ * chain over k = 0 .. K-1 of x[k] times the weight's value w[k] (its "effective" weight: the
+ * fp32 value, the bf16 value widened, or the quantized value de-quantized exactly as below),
+ * so a quantized weight gives the bits of the fp32 weight holding its de-quantized values. */
 #ifndef LMNB_LINEAR_H
 #define LMNB_LINEAR_H
 #include <stdint.h>
@@ -10,8 +15,12 @@ enum {
     LMNB_W_F32 = 0,        /* panels of fp32 (lmnb_pack_weight, 4-byte elements) */
     LMNB_W_BF16 = 1,       /* panels of bf16 widened to fp32 chains (2-byte elements) */
     LMNB_W_BF16_PAIRS = 2, /* bf16 pair panels for the CPU's bf16 dot product (x rounded to bf16) */
-    LMNB_W_Q4 = 3,         /* reserved: group-32 asymmetric int4 (the GGUF's Q4_1 blocks) */
-    LMNB_W_INT8 = 4,       /* reserved: int8 weight-only */
+    LMNB_W_Q4 = 3,         /* group-32 asymmetric int4, the GGUF's Q4_1 blocks (lmnb_pack_q4_1):
+                            * w = fma(d, q, m), q in 0..15, d and m fp16 per 32 k and column */
+    LMNB_W_INT8 = 4,       /* int8 weight-only, symmetric, an fp32 scale per output column
+                            * (lmnb_pack_int8): w = s * q */
+    LMNB_W_Q8 = 5,         /* group-32 symmetric int8, the GGUF's Q8_0 blocks (lmnb_pack_q8_0):
+                            * w = d * q, d an fp16 per 32 k and column (held as fp32) */
 };
 
 typedef struct LmnbWeight {
@@ -23,7 +32,7 @@ typedef struct LmnbWeight {
 } LmnbWeight;
 
 /* y [m, n] (fp32) = x [m, k] (fp32) @ w.T (+ bias); 0 on success, 1 if this build or CPU lacks
- * the format. */
+ * the format (or k does not suit it: Q4 and Q8 need k % 32 == 0, pairs an even k). */
 int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int num_threads);
 
 #endif
