@@ -180,51 +180,62 @@ static void tile_rows(int rows, const float *x, int64_t k, const void *const wps
     }
 }
 
-/* Columns 16p .. 16p+15 of a quantized panel at k = k0 .. k0+len-1 (len <= 32, k0 a multiple of
- * 32) de-quantized into buf[len][16]: the same values as q_weight. */
-static void dequant_span(int fmt, const void *wp, const void *sp, int64_t group, int64_t k0,
-                         int64_t len, float *buf) {
-    if (fmt == LMNB_W_Q4) {
-        const uint16_t *s = (const uint16_t *)sp + (k0 / GROUP) * 2 * PANEL;
-        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
-        const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + PANEL)));
-        const __m512i low = _mm512_set1_epi32(0xF);
-        const uint8_t *q = (const uint8_t *)wp + k0 / 2 * PANEL;
-        for (int64_t i = 0; i < len / 2; i++) {
-            const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + i * PANEL)));
-            const __m512 q0 = _mm512_cvtepi32_ps(_mm512_and_si512(b, low));
-            const __m512 q1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
-            _mm512_store_ps(buf + 2 * i * PANEL, _mm512_fmadd_ps(d, q0, m));
-            _mm512_store_ps(buf + (2 * i + 1) * PANEL, _mm512_fmadd_ps(d, q1, m));
-        }
-        return;
-    }
-    const __m512 s = _mm512_loadu_ps((const float *)sp + (k0 / group) * PANEL);
-    const int8_t *q = (const int8_t *)wp + k0 * PANEL;
-    for (int64_t i = 0; i < len; i++) {
-        const __m512i b = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + i * PANEL)));
-        _mm512_store_ps(buf + i * PANEL, _mm512_mul_ps(s, _mm512_cvtepi32_ps(b)));
-    }
-}
-
-/* rows x (NP quantized panels): 32 k de-quantized at a time, then the fp32 chain over them. */
+/* rows x (NP quantized panels): each k's 16 weights a panel de-quantized in registers (the same
+ * values as q_weight), then the same FMA chain as the fp32 tiles. */
 static inline __attribute__((always_inline)) void qtile(
     int rows, int fmt, const float *x, int64_t k, int64_t group, const void *const wps[NP],
     const void *const sps[NP], float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
     const float *bias) {
-    float buf[NP][GROUP * PANEL] __attribute__((aligned(64)));
     __m512 acc[MR][NP];
     for (int i = 0; i < rows; i++)
         for (int p = 0; p < NP; p++) acc[i][p] = _mm512_setzero_ps();
-    for (int64_t k0 = 0; k0 < k; k0 += GROUP) {
-        const int64_t len = k - k0 < GROUP ? k - k0 : GROUP;
-        for (int p = 0; p < NP; p++) dequant_span(fmt, wps[p], sps[p], group, k0, len, buf[p]);
-        for (int64_t kk = 0; kk < len; kk++) {
-            __m512 wv[NP];
-            for (int p = 0; p < NP; p++) wv[p] = _mm512_load_ps(buf[p] + kk * PANEL);
-            for (int i = 0; i < rows; i++) {
-                const __m512 xv = _mm512_set1_ps(x[i * k + k0 + kk]);
-                for (int p = 0; p < NP; p++) acc[i][p] = _mm512_fmadd_ps(xv, wv[p], acc[i][p]);
+    if (fmt == LMNB_W_Q4) {
+        const __m512i low = _mm512_set1_epi32(0xF);
+        for (int64_t g = 0; g < k / GROUP; g++) {
+            __m512 d[NP], m[NP];
+            const uint8_t *q[NP];
+            for (int p = 0; p < NP; p++) {
+                const uint16_t *s = (const uint16_t *)sps[p] + g * 2 * PANEL;
+                d[p] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
+                m[p] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + PANEL)));
+                q[p] = (const uint8_t *)wps[p] + g * (GROUP / 2) * PANEL;
+            }
+            for (int i = 0; i < GROUP / 2; i++) {
+                const int64_t kk = g * GROUP + 2 * i;
+                __m512 w0[NP], w1[NP];
+                for (int p = 0; p < NP; p++) {
+                    const __m512i b = _mm512_cvtepu8_epi32(
+                        _mm_loadu_si128((const __m128i *)(q[p] + i * PANEL)));
+                    w0[p] = _mm512_fmadd_ps(d[p], _mm512_cvtepi32_ps(_mm512_and_si512(b, low)), m[p]);
+                    w1[p] = _mm512_fmadd_ps(d[p], _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4)), m[p]);
+                }
+                for (int i2 = 0; i2 < rows; i2++) {
+                    const __m512 x0 = _mm512_set1_ps(x[i2 * k + kk]);
+                    const __m512 x1 = _mm512_set1_ps(x[i2 * k + kk + 1]);
+                    for (int p = 0; p < NP; p++) {
+                        acc[i2][p] = _mm512_fmadd_ps(x0, w0[p], acc[i2][p]);
+                        acc[i2][p] = _mm512_fmadd_ps(x1, w1[p], acc[i2][p]);
+                    }
+                }
+            }
+        }
+    } else { /* int8 formats: a scale per group of k (Q8: 32, INT8: all of k) */
+        for (int64_t k0 = 0; k0 < k; k0 += GROUP) {
+            const int64_t len = k - k0 < GROUP ? k - k0 : GROUP;
+            __m512 s[NP];
+            for (int p = 0; p < NP; p++)
+                s[p] = _mm512_loadu_ps((const float *)sps[p] + (k0 / group) * PANEL);
+            for (int64_t kk = k0; kk < k0 + len; kk++) {
+                __m512 wv[NP];
+                for (int p = 0; p < NP; p++) {
+                    const __m512i b = _mm512_cvtepi8_epi32(
+                        _mm_loadu_si128((const __m128i *)((const int8_t *)wps[p] + kk * PANEL)));
+                    wv[p] = _mm512_mul_ps(s[p], _mm512_cvtepi32_ps(b));
+                }
+                for (int i = 0; i < rows; i++) {
+                    const __m512 xv = _mm512_set1_ps(x[i * k + kk]);
+                    for (int p = 0; p < NP; p++) acc[i][p] = _mm512_fmadd_ps(xv, wv[p], acc[i][p]);
+                }
             }
         }
     }
