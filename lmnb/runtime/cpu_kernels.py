@@ -16,6 +16,8 @@ Kernels (all batch-invariant: a row's or a query's bits never depend on the rest
 - `attention`: one query token at a time over its request's slots in the pool, read in place;
   decode steps and extend steps (a query per new token, causal) share the code (an extend's
   consecutive queries are tiled to share each block of keys, without changing their bits).
+- `forward`: a whole Llama-family step (forward.c, one library with linear.c and attention.c)
+  over a `ForwardModel`: C structs pointing into the packed weights, and a workspace.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ CSRC = Path(__file__).parent / "csrc"
 # -ffp-contract=off: the compiler may not fuse a*b+c on its own, so each element's arithmetic
 # is exactly what the source says, in every inlined copy of it (see csrc/linear.c).
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
-SOURCES = ("linear", "attention")
+# library -> its sources, compiled together (forward.c calls into linear.c and attention.c)
+LIBS = {"linear": ("linear",), "attention": ("attention",),
+        "forward": ("forward", "linear", "attention")}
 PANEL = 16  # output columns per packed weight panel (csrc/linear.c)
 _lock = threading.Lock()
 _kernels: NativeKernels | None = None
@@ -143,6 +147,13 @@ class NativeKernels:
         self._attention.argtypes = [ptr, ptr, ptr, cint, ptr, i64, ptr, ptr, i64, i64, i64, i64,
                                     ctypes.c_float, ptr, cint]
         self._attention.restype = cint
+        fwd = libs["forward"]
+        self._forward = fwd.lmnb_forward
+        self._forward.argtypes = [ptr, ptr, ptr, cint]
+        self._forward.restype = cint
+        self._forward_work = fwd.lmnb_forward_work
+        self._forward_work.argtypes = [ptr, i64]
+        self._forward_work.restype = i64
 
     # ---- linear ----------------------------------------------------------------------------
 
@@ -256,6 +267,92 @@ class NativeKernels:
             raise MemoryError("attention: out of memory for its tile buffers")
         return out
 
+    # ---- the whole forward -----------------------------------------------------------------
+
+    def forward(self, model: ForwardModel, ids: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor, out_slots: torch.Tensor, rows: torch.Tensor,
+                lens: torch.Tensor, table: torch.Tensor, k_pool: torch.Tensor,
+                v_pool: torch.Tensor, logit_index: torch.Tensor,
+                profile: torch.Tensor | None = None) -> torch.Tensor:
+        """One step: logits [len(logit_index), vocab] fp32; writes the k/v of the tokens ids
+        [n] into k_pool/v_pool [layers, slots, kv_heads, dim] at out_slots [n]. Token t sits
+        at the angles cos/sin [n, dim // 2] and attends to table[rows[t], :lens[t]].
+        profile: float64 [3], seconds added (linear, attention, total)."""
+        n = len(ids)
+        if any(t.dtype != torch.int64 or not t.is_contiguous()
+               for t in (ids, out_slots, rows, lens, logit_index, table)):
+            raise ValueError("the forward's index tensors must be contiguous int64")
+        if k_pool.dtype != v_pool.dtype or k_pool.dtype not in (torch.float32, torch.bfloat16) \
+                or not (k_pool.is_contiguous() and v_pool.is_contiguous()):
+            raise ValueError("the forward needs contiguous fp32 or bf16 pools of one dtype")
+        cos, sin = (t.float().contiguous() for t in (cos, sin))
+        need = self._forward_work(ctypes.byref(model.c), n)
+        if model.work.numel() < need:
+            model.work = torch.empty(need, dtype=torch.float32)
+        logits = torch.empty(len(logit_index), model.c.vocab, dtype=torch.float32)
+        step = CStep(n, ids.data_ptr(), out_slots.data_ptr(), rows.data_ptr(), lens.data_ptr(),
+                     cos.data_ptr(), sin.data_ptr(), table.data_ptr(), table.stride(0),
+                     k_pool.data_ptr(), v_pool.data_ptr(), k_pool.shape[1],
+                     int(k_pool.dtype == torch.bfloat16), len(logit_index),
+                     logit_index.data_ptr(), logits.data_ptr(),
+                     None if profile is None else profile.data_ptr())
+        if self._forward(ctypes.byref(model.c), ctypes.byref(step), model.work.data_ptr(),
+                         torch.get_num_threads()):
+            raise RuntimeError("the native forward failed (a weight format this build lacks, "
+                               "or out of memory)")
+        return logits
+
+
+class CLayer(ctypes.Structure):  # csrc/forward.c
+    _fields_ = [("input_norm", ptr), ("post_norm", ptr), ("qkv", LmnbWeight),
+                ("o", LmnbWeight), ("gate_up", LmnbWeight), ("down", LmnbWeight)]
+
+
+class CModel(ctypes.Structure):  # csrc/forward.c
+    _fields_ = [*((name, i64) for name in ("num_layers", "hidden", "heads", "kv_heads",
+                                           "head_dim", "inter", "vocab")),
+                ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("bf16", ctypes.c_int32),
+                ("embed", ptr), ("final_norm", ptr), ("layers", ptr), ("lm_head", LmnbWeight)]
+
+
+class CStep(ctypes.Structure):  # csrc/forward.c
+    _fields_ = [("num_tokens", i64), ("ids", ptr), ("out_slots", ptr), ("rows", ptr),
+                ("lens", ptr), ("cos", ptr), ("sin", ptr), ("table", ptr),
+                ("table_stride", i64), ("k_pool", ptr), ("v_pool", ptr), ("num_slots", i64),
+                ("pool_bf16", ctypes.c_int32), ("num_logits", i64), ("logit_index", ptr),
+                ("logits", ptr), ("profile", ptr)]
+
+
+# One layer's weights as forward.c takes them: input norm, post-attention norm [hidden] (any
+# float dtype), then qkv (q, k, v rows), o, gate_up (gate rows, then up rows), down.
+LayerWeights = tuple[torch.Tensor, torch.Tensor, PackedWeight, PackedWeight, PackedWeight,
+                     PackedWeight]
+
+
+class ForwardModel:
+    """A model as csrc/forward.c reads it: C structs pointing into tensors kept alive here,
+    and the step's workspace (grown to the largest step so far; one thread uses it).
+    Activations round to bf16 where the torch path's do when `embed` is bf16."""
+
+    def __init__(self, embed: torch.Tensor, final_norm: torch.Tensor, lm_head: PackedWeight,
+                 layers: list[LayerWeights], heads: int, kv_heads: int, head_dim: int,
+                 eps: float) -> None:
+        if embed.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"the native forward runs fp32 or bf16 models, not {embed.dtype}")
+        self.embed = embed.contiguous()
+        self.norms = [x.float().contiguous() for layer in layers for x in layer[:2]]
+        self.final_norm = final_norm.float().contiguous()
+        self.weights = [lm_head, *(w for layer in layers for w in layer[2:])]  # kept alive
+        self.layers = (CLayer * len(layers))(*(
+            CLayer(self.norms[2 * i].data_ptr(), self.norms[2 * i + 1].data_ptr(),
+                   *(w.descriptor() for w in layer[2:])) for i, layer in enumerate(layers)))
+        self.c = CModel(len(layers), embed.shape[1], heads, kv_heads, head_dim,
+                        layers[0][4].out_features // 2, lm_head.out_features, eps,
+                        head_dim**-0.5, int(embed.dtype == torch.bfloat16),
+                        self.embed.data_ptr(), self.final_norm.data_ptr(),
+                        ctypes.addressof(self.layers), lm_head.descriptor())
+        self.work = torch.empty(0)
+
 
 def load() -> NativeKernels | None:
     """The kernels, built and checked on first use; None where they are unavailable."""
@@ -300,14 +397,16 @@ def build(extra_flags: tuple[str, ...] = ()) -> NativeKernels:
     """Compile (or find in the cache), load and probe the kernels. `extra_flags` go after the
     defaults (the tests build the AVX2 variant on an AVX-512 machine with `-mno-avx512f`)."""
     flags = (*FLAGS, *extra_flags)
-    kernels = NativeKernels({name: ctypes.CDLL(str(_build(name, flags))) for name in SOURCES})
+    kernels = NativeKernels({name: ctypes.CDLL(str(_build(name, sources, flags)))
+                             for name, sources in LIBS.items()})
     _probe(kernels)
     return kernels
 
 
-def _build(name: str, flags: tuple[str, ...]) -> Path:
+def _build(name: str, sources: tuple[str, ...], flags: tuple[str, ...]) -> Path:
     # the key covers the headers too (csrc/*.h), which any source may include
-    source = (CSRC / f"{name}.c").read_bytes() + b"".join(
+    paths = [CSRC / f"{src}.c" for src in sources]
+    source = b"".join(p.read_bytes() for p in paths) + b"".join(
         h.read_bytes() for h in sorted(CSRC.glob("*.h")))
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
@@ -319,8 +418,8 @@ def _build(name: str, flags: tuple[str, ...]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        proc = subprocess.run([compiler, *flags, "-o", str(built), str(CSRC / f"{name}.c"),
-                               "-lm"], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([compiler, *flags, "-o", str(built), *map(str, paths), "-lm"],
+                              capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-500:]}")
         os.replace(built, target)  # atomic: another process may be building the same file

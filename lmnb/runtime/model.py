@@ -3,6 +3,10 @@
 Owns the weights (fused qkv and gate/up projections) and the layer math: RMSNorm, RoPE,
 grouped-query attention, SwiGLU, tied or untied embeddings, optional qkv bias. Logits are
 computed only at the positions a batch asks for. Knows nothing of requests or scheduling.
+
+Two runners of the same step: `native` (csrc/forward.c: the whole step in one C call over the
+packed weights, where the native kernels load) and `torch` (op by op from Python: the
+reference, and the path without the kernels, on a GPU, or with `deterministic=False`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import torch.nn.functional as F
 from lmnb.runtime.attention import AttentionPlan, Workspace, attention
 from lmnb.runtime.batch import ForwardBatch
 from lmnb.runtime.config import ModelConfig
-from lmnb.runtime.cpu_kernels import NativeKernels
+from lmnb.runtime.cpu_kernels import ForwardModel, NativeKernels
 from lmnb.runtime.kv_pool import KVPool
 from lmnb.runtime.linear import Linears
 from lmnb.runtime.loader import GGUFBlocks
@@ -44,13 +48,16 @@ class LlamaModel:
         device: torch.device,
         pack_weights: bool = True,
         native: NativeKernels | None = None,
+        runner: str | None = None,
         weights_format: str | None = None,
         blocks: dict[str, GGUFBlocks] | None = None,
     ) -> None:
         """pack_weights: pre-pack the matrix products' weights for oneDNN where `linear.Linear`
         can. native: run matrix products and attention on the batch-invariant kernels.
+        runner: "native" (needs `native`), "torch", or None (native where given).
         weights_format, blocks: the matrix products' weights (`linear.Linears`): q4 (the GGUF's
         blocks, given), int8, bf16, fp32, or None (in `dtype`)."""
+        self.runner, self.runner_reason = pick_runner(runner, native)
         self.cfg = cfg
         self.dtype = dtype
         self.device = device
@@ -68,6 +75,11 @@ class LlamaModel:
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
         self.workspace = Workspace()  # gather buffers reused across layers and steps
+        self.native_model = None if self.runner == "torch" else ForwardModel(
+            self.embed, self.norm, self.lm_head.panels,  # type: ignore[arg-type]
+            [(x.input_norm, x.post_norm, x.qkv.panels, x.o.panels, x.gate_up.panels,
+              x.down.panels) for x in self.layers],  # type: ignore[misc]
+            cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # computed in fp32 like the reference implementation, then cast back
@@ -76,8 +88,16 @@ class LlamaModel:
         return weight * x32.to(x.dtype)
 
     @torch.inference_mode()
-    def forward(self, batch: ForwardBatch, pool: KVPool, table: torch.Tensor) -> torch.Tensor:
-        """Logits [len(batch.logit_index), vocab] in fp32; writes the batch's k/v into the pool."""
+    def forward(self, batch: ForwardBatch, pool: KVPool, table: torch.Tensor,
+                profile: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [len(batch.logit_index), vocab] in fp32; writes the batch's k/v into the pool.
+        profile (native runner): float64 [3], seconds added (linear, attention, total)."""
+        if self.native_model is not None:
+            cos, sin = self.rope.at(batch.positions)  # [n, 1, head_dim // 2]
+            plan = AttentionPlan.build(batch, table, per_token=True)
+            return self.native.forward(  # type: ignore[union-attr]
+                self.native_model, batch.input_ids, cos[:, 0], sin[:, 0], batch.out_slots,
+                plan.rows, plan.lens, table, pool.k, pool.v, batch.logit_index, profile)
         cfg = self.cfg
         h = self.embed[batch.input_ids]  # [num_tokens, hidden]
         n = h.shape[0]
@@ -105,3 +125,18 @@ class LlamaModel:
             h = h + layer.down(F.silu(gate) * up)
         h = self.rms_norm(h[batch.logit_index], self.norm)
         return self.lm_head(h).float()
+
+
+def pick_runner(runner: str | None, native: NativeKernels | None) -> tuple[str, str]:
+    """(runner, why): the native forward wherever the native kernels run, unless asked not."""
+    if runner not in (None, "native", "torch"):
+        raise ValueError(f"runner must be 'native', 'torch' or None, not {runner!r}")
+    if runner == "torch":
+        return "torch", "asked for (runner='torch')"
+    if native is not None:
+        return "native", ("asked for (runner='native')" if runner else
+                          "default: the native kernels are in use")
+    if runner == "native":
+        raise ValueError("runner='native' needs the native kernels (a CPU engine with a C "
+                         "compiler, deterministic not False)")
+    return "torch", "the native kernels are not in use"

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from lmnb.runtime import Engine, cpu_kernels, device
+from lmnb.runtime import Engine, cpu_kernels, device, loader
 from lmnb.runtime.batch import ForwardBatch
 from lmnb.runtime.config import ModelConfig
 from lmnb.runtime.kv_pool import KVPool, ReqToToken
@@ -28,14 +28,14 @@ pytestmark = pytest.mark.skipif(cpu_kernels.load() is None,
 # ---- bits, tiny random-weight model ---------------------------------------------------------
 
 def _tiny(dtype: torch.dtype, native: cpu_kernels.NativeKernels | None = None,
-          ) -> tuple[LlamaModel, AutoModelForCausalLM]:
+          runner: str | None = None) -> tuple[LlamaModel, AutoModelForCausalLM]:
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=301, hidden_size=128, intermediate_size=256,
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=512)
     hf = AutoModelForCausalLM.from_config(cfg).float().eval()
     ours = LlamaModel(ModelConfig.from_hf(cfg.to_dict()), hf.state_dict(), dtype, CPU,
-                      native=native or cpu_kernels.load())
+                      native=native or cpu_kernels.load(), runner=runner)
     return ours, hf
 
 
@@ -80,9 +80,11 @@ def variant(request) -> cpu_kernels.NativeKernels:
     return cpu_kernels.build(("-mno-avx512f",))
 
 
+@pytest.mark.parametrize("runner", ["native", "torch"])  # csrc/forward.c, and op by op
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_logits_do_not_depend_on_how_a_prompt_is_split_or_batched(dtype, variant) -> None:
-    model, _ = _tiny(dtype, variant)
+def test_logits_do_not_depend_on_how_a_prompt_is_split_or_batched(dtype, runner,
+                                                                   variant) -> None:
+    model, _ = _tiny(dtype, variant, runner)
     pool = KVPool(2, 4096, 2, 32, dtype, CPU)
     table = ReqToToken(8, 512, CPU)
     gen = torch.Generator().manual_seed(1)
@@ -98,14 +100,36 @@ def test_logits_do_not_depend_on_how_a_prompt_is_split_or_batched(dtype, variant
     assert torch.equal(together[1], _logits(model, pool, table, [(other, [120])])[0])
 
 
-def test_the_exact_path_matches_transformers() -> None:
-    model, hf = _tiny(torch.float32)
+@pytest.mark.parametrize("runner", ["native", "torch"])
+def test_the_exact_path_matches_transformers(runner) -> None:
+    model, hf = _tiny(torch.float32, runner=runner)
     pool = KVPool(2, 1024, 2, 32, torch.float32, CPU)
     ids = torch.randint(0, 301, (90,), generator=torch.Generator().manual_seed(2)).tolist()
     got = _logits(model, pool, ReqToToken(2, 512, CPU), [(ids, [37, 53])])[0]
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0]
     assert (got - ref).abs().max().item() <= 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_default_model_logits_do_not_depend_on_how_a_prompt_is_split_or_batched(dtype,
+                                                                               variant) -> None:
+    """The native runner (csrc/forward.c) on the real model: a prompt in one step, in extends
+    over a cached prefix, then in decode steps, alone and beside another request."""
+    files = loader.resolve(None)
+    cfg = ModelConfig.from_hf(loader.load_config(files.folder))
+    model = LlamaModel(cfg, loader.load_weights(files.folder), dtype, CPU,
+                       native=variant, runner="native")
+    pool = KVPool(cfg.num_layers, 256, cfg.num_kv_heads, cfg.head_dim, dtype, CPU)
+    table = ReqToToken(4, 128, CPU)
+    gen = torch.Generator().manual_seed(3)
+    ids, other = (torch.randint(0, cfg.vocab_size, (n,), generator=gen).tolist() for n in (40, 19))
+    whole = _logits(model, pool, table, [(ids, [40])])[0]
+    for steps in ([17, 23], [35, 1, 1, 1, 1, 1]):
+        assert torch.equal(_logits(model, pool, table, [(ids, steps)])[0], whole), steps
+    together = _logits(model, pool, table, [(ids, [9, 31]), (other, [16, 1, 1, 1])])
+    assert torch.equal(together[0], whole)
+    assert torch.equal(together[1], _logits(model, pool, table, [(other, [19])])[0])
 
 
 # ---- greedy answers, the default model ------------------------------------------------------
