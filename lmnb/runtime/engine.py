@@ -73,13 +73,16 @@ class Engine:
         seed: int = 0,
         deterministic: bool | None = None,
         weights: str | None = None,
+        runner: str | None = None,
     ) -> None:
         """deterministic: run the batch-invariant kernels, so that greedy answers never depend
         on cache hits or on the batch (None: wherever they are available, i.e. on the CPU with
         a C compiler; True: raise where they are not; False: the torch paths).
         weights: the matrix products' weight format, "q4" (a GGUF's Q4_1 blocks as they ship),
         "int8" (quantized on load), "bf16" or "fp32" (de-quantized); None: `LMNB_WEIGHTS`, else
-        q4 where the file ships it and the native kernels run, else the dtype's."""
+        q4 where the file ships it and the native kernels run, else the dtype's.
+        runner: "native" (the whole step in one C call, csrc/forward.c; needs the native
+        kernels), "torch" (op by op from Python), None (native wherever the kernels run)."""
         files = loader.resolve(model)
         self.model_name = files.name
         self.model_path = str(files.folder)  # the local folder the weights and tokenizer load from
@@ -96,7 +99,7 @@ class Engine:
             weights, {b.kind for b in blocks.values()}, native is not None, self.dtype,
             files.name)
         self.model = LlamaModel(cfg, loader.load_weights(files.folder), self.dtype, self.device,
-                                native=native, weights_format=self.weights,
+                                native=native, runner=runner, weights_format=self.weights,
                                 blocks=blocks if self.weights == "q4" else None)
         self.max_context = min(self.config.max_position, max_context or self.config.max_position)
         num_slots = (max_tokens_in_cache or DEFAULT_MAX_TOKENS_IN_CACHE) + 1  # + padding sink
@@ -210,6 +213,7 @@ class Engine:
             "dtype_reason": self.dtype_reason,
             "deterministic": self.deterministic,
             "kernels": self._kernels_reason,
+            "runner": f"{self.model.runner} ({self.model.runner_reason})",
             "linear": ", ".join(sorted(paths)),
             "weights": self.weights,
             "weights_reason": self.weights_reason,
