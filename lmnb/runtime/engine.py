@@ -27,6 +27,7 @@ from lmnb.runtime.detokenizer import Detokenizer
 from lmnb.runtime.device import (
     cpu_has_native_bf16,
     cpu_name,
+    parse_weights,
     pick_device,
     pick_dtype,
     pick_kernels,
@@ -83,6 +84,8 @@ class Engine:
         q4 where the file ships it and the native kernels run, else the dtype's.
         runner: "native" (the whole step in one C call, csrc/forward.c; needs the native
         kernels), "torch" (op by op from Python), None (native wherever the kernels run)."""
+        if weights is not None:
+            parse_weights(weights)  # a bad value raises before anything loads
         files = loader.resolve(model)
         self.model_name = files.name
         self.model_path = str(files.folder)  # the local folder the weights and tokenizer load from
