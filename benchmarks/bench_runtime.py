@@ -11,6 +11,11 @@ lmnb runs in several variants, one engine each:
            which a cache hit or the batch never changes an answer; torch:
            deterministic=False, the torch paths (default: both without a weights option,
            exact only with one)
+  runner   with --runners, each `Engine(runner=...)` named (native: the whole step in one C
+           call; torch: op by op), where the engine has that option; else the engine's own
+Every engine's describe() (dtype, weights, runner, kernels, and why) is printed and saved;
+the roofline reads the weight bytes a step reads from it (`weight_mb_per_token`) where it
+reports them, else from the format (`roofline.BYTES_PER_WEIGHT`).
 The peers:
   transformers  its own model in each dtype lmnb runs (same converted weights)
   llama.cpp     its server (`llama_server.py` finds it: --llama-server, $LLAMA_SERVER, PATH,
@@ -57,6 +62,7 @@ PASS/FAIL; the exit status ignores them. Name the CPU with every figure (the tab
     python benchmarks/bench_runtime.py [--quick] [--markdown] [--repeats N] [--name NAME]
         [--only prefill,decode,shared,noshare,longdecode,exactness]
         [--weights q4,int8,bf16,fp32] [--dtypes float32,bfloat16] [--configs exact,torch]
+        [--runners native,torch]
         [--llama-server PATH] [--llama-venv DIR] [--llama-parallel N] [--no-llama]
         [--no-roofline]
 
@@ -117,6 +123,7 @@ WORKLOADS = ("prefill", "decode", "shared", "noshare", "longdecode", "exactness"
 DTYPES = ("float32", "bfloat16")
 CONFIGS = ("exact", "torch")  # Engine(deterministic=True) / Engine(deterministic=False)
 WEIGHTS = ("q4", "int8", "bf16", "fp32")  # Engine(weights=...), where the engine has it
+RUNNERS = ("native", "torch")  # Engine(runner=...), where the engine has it
 SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 TARGETS = {"prefill": 1.3, "decode32": 3.0, "shared": 5.0, "noshare": 1.03}
 LLAMA = "llama.cpp"
@@ -214,19 +221,22 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 @dataclass(frozen=True)
 class Variant:
-    """One lmnb engine: compute dtype, exact kernels or torch paths, and the weight format
-    where the engine takes one (None: it has no `weights` option; its weights are in dtype)."""
+    """One lmnb engine: compute dtype, exact kernels or torch paths, the weight format where
+    the engine takes one (None: it has no `weights` option; its weights are in dtype) and the
+    model runner where one is asked for (None: the engine's choice)."""
 
     dtype: str
     config: str
     weights: str | None = None
+    runner: str | None = None
 
     @property
     def name(self) -> str:
         fmt_ = short(self.dtype)
         if self.weights is not None and self.weights != fmt_:
             fmt_ = f"{self.weights}/{fmt_}"
-        return f"lmnb {fmt_} {self.config}"
+        runner = f" {self.runner}-runner" if self.runner else ""
+        return f"lmnb {fmt_} {self.config}{runner}"
 
     @property
     def label(self) -> str:
@@ -241,27 +251,57 @@ class Variant:
         out: dict[str, Any] = {"dtype": self.dtype, "deterministic": self.config == "exact"}
         if self.weights is not None:
             out["weights"] = self.weights
+        if self.runner is not None:
+            out["runner"] = self.runner
         return out
 
 
-def engine_weights() -> tuple[tuple[str, ...] | None, str | None]:
-    """The weight formats `Engine(weights=...)` takes (from a Literal annotation, else
-    WEIGHTS) and its default, or (None, None) where the engine has no such option."""
-    param = inspect.signature(Engine.__init__).parameters.get("weights")
+def engine_option(name: str, known: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The values `Engine(<name>=...)` takes (a Literal annotation, else the runtime's
+    `device.WEIGHT_FORMATS` for weights, else `known`), or None where the engine has no such
+    option: read at run time, so this runs before and after the option lands."""
+    param = inspect.signature(Engine.__init__).parameters.get(name)
     if param is None:
-        return None, None
-    offered = tuple(re.findall(r"['\"](\w+)['\"]", str(param.annotation))) or WEIGHTS
-    default = param.default if isinstance(param.default, str) else None
-    return tuple(w for w in WEIGHTS if w in offered) or offered, default
+        return None
+    offered = tuple(re.findall(r"['\"](\w+)['\"]", str(param.annotation)))
+    if not offered and name == "weights":
+        from lmnb.runtime import device
+
+        offered = tuple(getattr(device, "WEIGHT_FORMATS", ()))
+    return tuple(v for v in known if v in offered) or offered or known
+
+
+def default_weights(dtype: torch.dtype, has_kernels: bool) -> str | None:
+    """The weight format a plain Engine() picks here (the runtime's own `pick_weights` on the
+    default model's file), or None where that cannot be told."""
+    try:
+        from lmnb.runtime.device import pick_weights
+
+        files = lmnb_loader.resolve(None)
+        cfg = ModelConfig.from_hf(lmnb_loader.load_config(files.folder))
+        gguf = getattr(files, "gguf", None)
+        blocks = ({} if gguf is None else
+                  lmnb_loader.gguf_blocks(gguf, cfg.num_heads, cfg.num_kv_heads))
+        return pick_weights(None, {b.kind for b in blocks.values()}, has_kernels, dtype,
+                            files.name)[0]
+    except Exception:  # an older or newer runtime: the default variant is then the first
+        return None
 
 
 def make_variants(weights: list[str] | None, dtypes: list[str], configs: list[str],
-                  ) -> list[Variant]:
-    """Every selected (weights, dtype, config); fp32 weights only with fp32 compute."""
-    if weights is None:
-        return [Variant(d, c) for d in dtypes for c in configs]
-    return [Variant(d, c, w) for w in weights for d in dtypes for c in configs
-            if not (w == "fp32" and d != "float32")]
+                  runners: list[str] | None = None) -> list[Variant]:
+    """Every selected (weights, dtype, config, runner); fp32 weights only with fp32
+    compute, and the native runner only with the exact kernels."""
+    out = []
+    for w in (weights or [None]):
+        for d in dtypes:
+            if w == "fp32" and d != "float32":
+                continue
+            for c in configs:
+                for r in (runners or [None]):
+                    if not (r == "native" and c != "exact"):
+                        out.append(Variant(d, c, w, r))
+    return out
 
 
 # ---- the systems ----------------------------------------------------------------------------
@@ -350,6 +390,8 @@ class Systems:
             self.pad_id = self.tokenizer.eos_token_id
         self.skipped: dict[str, str] = {}
         self._engines: dict[Variant, Engine] = {}
+        # bytes of weights a step reads: the engine's own count where describe() gives it
+        self.weight_bytes: dict[Variant, float] = {}
         self.variants = [v for v in variants if self._load(v)]
         if not self.variants:
             raise SystemExit(f"nothing to run: every lmnb variant was refused: {self.skipped}")
@@ -366,7 +408,10 @@ class Systems:
         if variant == self.default and {"shared", "noshare"} & set(self.workloads):
             cache = max(cache, self.sizes.max_tokens_in_cache)
         try:
-            self._engines[variant] = self._make(variant, cache, variant.name)
+            self._engines[variant] = engine = self._make(variant, cache, variant.name)
+            mb = engine.describe().get("weight_mb_per_token")
+            self.weight_bytes[variant] = (float(mb) * 1e6 if mb else
+                                          self.shape.weight_bytes(variant.weight_format))
         except (ValueError, NotImplementedError, RuntimeError, TypeError) as exc:
             self.skipped[variant.name] = f"{type(exc).__name__}: {exc}"
             log(f"  [{variant.name}: skipped, the engine refused it: {exc}]")
@@ -671,18 +716,18 @@ def kv_bytes(v: Variant) -> int:
 
 
 def roofline_cells(sy: Systems, timings: dict[str, Timing],
-                   work: Callable[[str, int, int], rf.Work]) -> dict[str, dict[str, float]]:
-    """Each lmnb variant's and llama.cpp's run against the machine: `work(format, kv
-    bytes, chunk tokens)` is what the run made the model do."""
+                   work: Callable[[float, int, int], rf.Work]) -> dict[str, dict[str, float]]:
+    """Each lmnb variant's and llama.cpp's run against the machine: `work(weight bytes a
+    step reads, KV bytes per element, chunk tokens)` is what the run made the model do."""
     if sy.machine is None:
         return {}
     out = {}
     for v in sy.variants:
-        out[v.name] = rf.roofline(work(v.weight_format, kv_bytes(v), 1024),
+        out[v.name] = rf.roofline(work(sy.weight_bytes[v], kv_bytes(v), 1024),
                                   timings[v.name].best, sy.machine, v.dtype)
     if LLAMA in timings:  # physical batches of 512 tokens (-ub); Q4_1 x Q8_1 dot products
-        out[LLAMA] = rf.roofline(work(LLAMA_FORMAT, LLAMA_KV_BYTES, 512),
-                                 timings[LLAMA].best, sy.machine, "float32")
+        out[LLAMA] = rf.roofline(work(sy.shape.weight_bytes(LLAMA_FORMAT), LLAMA_KV_BYTES,
+                                      512), timings[LLAMA].best, sy.machine, "float32")
     return out
 
 
@@ -704,8 +749,8 @@ def bench_prefill(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
     data = {"num_prompts": sz.prefill_prompts, "prompt_len": sz.prefill_len,
             "timings": {name: t.as_dict() for name, t in timings.items()},
             "tokens_per_s": tps, "transformers_mode": "one batched forward, logits_to_keep=1",
-            "roofline": roofline_cells(sy, timings, lambda f, kv, chunk: rf.extend_work(
-                sy.shape, f, kv, lens, chunk))}
+            "roofline": roofline_cells(sy, timings, lambda wb, kv, chunk: rf.extend_work(
+                sy.shape, wb, kv, lens, chunk))}
     if runs is not None:
         data["llama_cpp"] = runs.as_dict()
     return rows, data
@@ -752,8 +797,8 @@ def bench_decode(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
             "timings": {name: t.as_dict() for name, t in timings.items()},
             "tokens_per_s": tps, "same_greedy_outputs_as_transformers": agree,
             "same_greedy_outputs_as_llama_cpp": agree_llama,
-            "roofline": roofline_cells(sy, timings, lambda f, kv, chunk, lens=lens:
-                                       rf.generate_work(sy.shape, f, kv, lens, sz.decode_new,
+            "roofline": roofline_cells(sy, timings, lambda wb, kv, chunk, lens=lens:
+                                       rf.generate_work(sy.shape, wb, kv, lens, sz.decode_new,
                                                         chunk))}
         if runs is not None:
             data[f"batch_{batch}"]["llama_cpp"] = runs.as_dict()
@@ -873,8 +918,8 @@ def bench_longdecode(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
             "new_tokens": sz.long_new,
             "timings": {name: t.as_dict() for name, t in timings.items()},
             "tokens_per_s": tps, "same_tokens_exact_vs_torch": same,
-            "roofline": roofline_cells(sy, timings, lambda f, kv, chunk: rf.decode_work(
-                sy.shape, f, kv, [len(p) for p in prompts], sz.long_new))}
+            "roofline": roofline_cells(sy, timings, lambda wb, kv, chunk: rf.decode_work(
+                sy.shape, wb, kv, [len(p) for p in prompts], sz.long_new))}
     if runs is not None:
         data["llama_cpp"] = runs.as_dict()
     return rows, data
@@ -1022,10 +1067,12 @@ def roofline_grid(sy: Systems, sz: Sizes, results: dict[str, Any],
     header = ["system (weights, KV)"] + [label for label, _ in cols]
     lines = []
     for v in sy.variants:
-        lines.append([f"{v.name} ({v.weight_format}, KV {short(v.dtype)})"]
+        mb = sy.weight_bytes[v] / 1e6
+        lines.append([f"{v.name} ({mb:.0f} MB/step, KV {short(v.dtype)})"]
                      + [roof_cell(roof.get(v.name)) for _, roof in cols])
     if any(LLAMA in roof for _, roof in cols):
-        lines.append([f"{LLAMA} (q4_1 + q8_0 head, KV f16)"]
+        mb = sy.shape.weight_bytes(LLAMA_FORMAT) / 1e6
+        lines.append([f"{LLAMA} ({mb:.0f} MB/step, KV f16)"]
                      + [roof_cell(roof.get(LLAMA)) for _, roof in cols])
     return header, lines
 
@@ -1049,17 +1096,19 @@ def engines_text(info: dict[str, Any]) -> str:
              f"{info['shared_configuration']}"]
     if info.get("roofline_machine"):
         m = info["roofline_machine"]
-        bw = m["detail"]["bandwidth"]
-        lines.append(f"roofline: memory {m['bandwidth_gbs']:.1f} GB/s (best of copy "
-                     f"{bw['copy_gbs']:.1f}, triad {bw['triad_gbs']:.1f}, read "
-                     f"{bw['read_gbs']:.1f}; {bw['array_mb']} MB arrays, {bw['threads']} "
-                     f"threads); GEMM peak fp32 {m['peak_gflops']['float32']:.0f}, bf16 "
-                     f"{m['peak_gflops']['bfloat16']:.0f} GFLOP/s "
-                     f"({m['detail']['gemm_size']}^2 matmul)")
+        first = m["detail"].get("measurements", [m])[0]["detail"]
+        bw = first["bandwidth"]
+        lines.append(f"roofline: memory {m['bandwidth_gbs']:.1f} GB/s, GEMM peak fp32 "
+                     f"{m['peak_gflops']['float32']:.0f}, bf16 "
+                     f"{m['peak_gflops']['bfloat16']:.0f} GFLOP/s (the higher of a measurement "
+                     f"at the start and one at the end; each the best of copy, triad and read "
+                     f"over {bw['array_mb']} MB arrays on {bw['threads']} threads, and a "
+                     f"{first['gemm_size']}^2 matmul)")
     for name, reason in info.get("skipped_variants", {}).items():
         lines.append(f"  {name}: skipped ({reason})")
     for name, d in info.get("engines", {}).items():
-        extra = "".join(f"; {k}: {d[k]}" for k in ("weights", "runner") if k in d)
+        extra = "".join(f"; {k}: {d[k]}" for k in ("weights", "weight_formats",
+                                                    "weight_mb_per_token", "runner") if k in d)
         lines.append(f"  {name}: dtype {d['dtype']} ({d['dtype_reason']}){extra}; "
                      f"deterministic {d['deterministic']}; linear: {d['linear']}; attention: "
                      f"{d['attention']}; kernels: {d['kernels']}")
@@ -1092,6 +1141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", help=f"comma-separated subset of: {','.join(WORKLOADS)}")
     p.add_argument("--weights", help=f"lmnb's weight formats, where Engine takes weights= "
                                      f"(default: every one it offers of {','.join(WEIGHTS)})")
+    p.add_argument("--runners", help=f"lmnb's model runners, where Engine takes runner= "
+                                     f"(of {','.join(RUNNERS)}; default: the engine's choice)")
     p.add_argument("--dtypes", default=",".join(DTYPES),
                    help="lmnb's and transformers' dtypes (default: float32,bfloat16)")
     p.add_argument("--configs", help="lmnb's configurations: exact (deterministic=True, the "
@@ -1114,21 +1165,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def select_variants(args: argparse.Namespace, has_kernels: bool, kernels_status: str,
-                    ) -> tuple[list[Variant], tuple[str, ...] | None, str | None]:
-    """The variants to run, from the options and what the engine offers."""
-    offered, default_weights = engine_weights()
+                    ) -> tuple[list[Variant], tuple[str, ...] | None]:
+    """The variants to run, from the options and what the engine offers (an option the
+    engine does not have yet is said and passed over)."""
+    offered = engine_option("weights", WEIGHTS)
     dtypes = parse_dtypes(args.dtypes)
     weights: list[str] | None = None
     if offered is not None:
         weights = parse_only(args.weights, offered) if args.weights else list(offered)
     elif args.weights:
         log(f"--weights {args.weights}: this engine takes no weights= yet; running its dtypes")
+    runners: list[str] | None = None
+    if args.runners:
+        offered_runners = engine_option("runner", RUNNERS)
+        if offered_runners is None:
+            log(f"--runners {args.runners}: this engine takes no runner= yet; its own runs")
+        else:
+            runners = parse_only(args.runners, offered_runners)
     configs = parse_only(args.configs or ("exact,torch" if weights is None else "exact"),
                          CONFIGS)
     if "exact" in configs and not has_kernels:
         log(f"no exact configuration: {kernels_status}")
         configs = [c for c in configs if c != "exact"] or ["torch"]
-    return make_variants(weights, dtypes, configs), offered, default_weights
+    return make_variants(weights, dtypes, configs, runners), offered
 
 
 def git_commit() -> str:
@@ -1154,12 +1213,12 @@ def main(argv: list[str] | None = None) -> int:
     has_kernels = cpu_kernels.load() is not None
     kernels_status = cpu_kernels.status()
     try:
-        variants, offered, default_weights = select_variants(args, has_kernels, kernels_status)
+        variants, offered = select_variants(args, has_kernels, kernels_status)
     except ValueError as e:
         raise SystemExit(str(e)) from None
     dtype, reason = pick_dtype(None, pick_device(None), has_kernels)
     default = Variant(dtype_name(dtype), "exact" if has_kernels else "torch",
-                      default_weights if offered is not None else None)
+                      default_weights(dtype, has_kernels) if offered is not None else None)
     machine = None
     if not args.no_roofline:
         seconds, machine = time_once(lambda: rf.measure_machine(args.quick),
@@ -1210,6 +1269,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sy.shutdown()
     info["load_average_end"] = list(os.getloadavg())
+    if machine is not None:  # measured again at the end: the higher of the two counts
+        seconds, again = time_once(lambda: rf.measure_machine(args.quick),
+                                   "roofline: bandwidth and GEMM peak, again")
+        sy.machine = machine.best(again)
+        info["roofline_machine"] = sy.machine.as_dict()
+        for _, res in measurements(sizes, results):
+            res["roofline"] = {k: rf.rescore(c, sy.machine)
+                               for k, c in res.get("roofline", {}).items()}
     path = save(complete=True)
     report(sy, sizes, results, rows, info, title, args)
     log(f"wrote {path} ({time.perf_counter() - started:.0f} s)")

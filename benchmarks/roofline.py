@@ -7,7 +7,8 @@ large square matmul in fp32 and bf16, GFLOP/s); and the arithmetic of a Llama-fa
 work: bytes a forward step reads (weights in a format + the KV it attends over) and FLOPs
 (2 per multiply-add of the linears and the attention), so that a run's bytes / bandwidth is
 its memory floor and its FLOPs / peak its compute floor. Knows nothing of engines or
-systems: the caller says which format, dtype and steps.
+systems: the caller says the weights' bytes (`ModelShape.weight_bytes(format)`, or what an
+engine reports), the KV's dtype and the steps.
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ class Machine:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def best(self, other: Machine) -> Machine:
+        """The higher of two measurements of each limit (load on a shared machine only ever
+        lowers what is measured, so the higher one is nearer the truth)."""
+        peaks = {k: max(v, other.peak_gflops.get(k, 0.0)) for k, v in self.peak_gflops.items()}
+        return Machine(max(self.bandwidth_gbs, other.bandwidth_gbs), peaks,
+                       {"measurements": [self.as_dict(), other.as_dict()]})
+
 
 def measure_machine(quick: bool = False) -> Machine:
     """Bandwidth and the fp32 / bf16 GEMM peaks (smaller arrays with `quick`)."""
@@ -162,11 +170,11 @@ class Work:
                     self.kv_bytes + other.kv_bytes, self.flops + other.flops)
 
 
-def extend_work(m: ModelShape, fmt: str, kv_bytes: int, prompt_lens: list[int],
+def extend_work(m: ModelShape, weight_bytes: float, kv_bytes: int, prompt_lens: list[int],
                 chunk_tokens: int = 1024, logits_rows: int | None = None) -> Work:
     """Prefill of `prompt_lens` from nothing cached, in steps of up to `chunk_tokens` tokens
-    (every step reads the weights once); `logits_rows` rows through the lm_head (default:
-    one per prompt)."""
+    (every step reads the `weight_bytes` of the weights once); `logits_rows` rows through the
+    lm_head (default: one per prompt)."""
     tokens = sum(prompt_lens)
     steps = max(1, math.ceil(tokens / chunk_tokens))
     rows = len(prompt_lens) if logits_rows is None else logits_rows
@@ -174,33 +182,39 @@ def extend_work(m: ModelShape, fmt: str, kv_bytes: int, prompt_lens: list[int],
     flops = (2.0 * m.layer_params * tokens + 2.0 * m.head_params * rows
              + m.attention_flops(1, causal_keys))
     kv = tokens * m.kv_elems_per_token() * kv_bytes  # each key and value written, read once
-    return Work(steps, steps * m.weight_bytes(fmt), float(kv), flops)
+    return Work(steps, steps * weight_bytes, float(kv), flops)
 
 
-def decode_work(m: ModelShape, fmt: str, kv_bytes: int, contexts: list[int],
+def decode_work(m: ModelShape, weight_bytes: float, kv_bytes: int, contexts: list[int],
                 new_tokens: int) -> Work:
     """`new_tokens` decode steps of a batch whose requests start with `contexts` tokens in
     the KV: every step reads the weights once and every request's KV so far."""
     work = Work()
     for step in range(new_tokens):
         keys = sum(c + step + 1 for c in contexts)  # the new token's own key included
-        work = work.add(Work(1, m.weight_bytes(fmt), keys * m.kv_elems_per_token() * kv_bytes,
+        work = work.add(Work(1, weight_bytes, keys * m.kv_elems_per_token() * kv_bytes,
                              2.0 * (m.layer_params + m.head_params) * len(contexts)
                              + m.attention_flops(1, keys)))
     return work
 
 
-def generate_work(m: ModelShape, fmt: str, kv_bytes: int, prompt_lens: list[int],
+def generate_work(m: ModelShape, weight_bytes: float, kv_bytes: int, prompt_lens: list[int],
                   new_tokens: int, chunk_tokens: int = 1024) -> Work:
     """A batch submitted at once: the prompts' prefill (which gives the first new token),
     then new_tokens - 1 decode steps."""
-    work = extend_work(m, fmt, kv_bytes, prompt_lens, chunk_tokens)
+    work = extend_work(m, weight_bytes, kv_bytes, prompt_lens, chunk_tokens)
     if new_tokens > 1:
-        work = work.add(decode_work(m, fmt, kv_bytes, prompt_lens, new_tokens - 1))
+        work = work.add(decode_work(m, weight_bytes, kv_bytes, prompt_lens, new_tokens - 1))
     return work
 
 
-def roofline(work: Work, seconds: float, machine: Machine, dtype: str) -> dict[str, float]:
+def rescore(cell: dict[str, Any], machine: Machine) -> dict[str, Any]:
+    """A `roofline` result against other limits (the same work and time)."""
+    work = Work(int(cell["steps"]), cell["weight_bytes"], cell["kv_bytes"], cell["flops"])
+    return roofline(work, cell["seconds"], machine, cell["peak_dtype"])
+
+
+def roofline(work: Work, seconds: float, machine: Machine, dtype: str) -> dict[str, Any]:
     """A run against the machine: its floors (bytes / bandwidth, FLOPs / peak), the step
     time floor, and what share of each it achieved (floor / measured time)."""
     bw_floor = work.bytes / (machine.bandwidth_gbs * 1e9)
