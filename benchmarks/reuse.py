@@ -21,6 +21,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmnb.lang.backend.base import TokenBackend, prompt_ids
+
 
 @dataclass
 class Record:
@@ -38,8 +40,9 @@ class Record:
         return limit
 
 
-class RecordingBackend:
-    """A backend that passes everything through and keeps a record of each request."""
+class RecordingBackend(TokenBackend):
+    """A backend that passes everything through and keeps a record of each request (select's
+    and commit's too: `TokenBackend` makes them through `generate`)."""
 
     def __init__(self, backend: Any) -> None:
         self.backend = backend
@@ -54,10 +57,11 @@ class RecordingBackend:
     def chat_template(self) -> Any:
         return self.backend.chat_template
 
-    def generate(self, prompt: list[int], params: Any) -> Any:
+    def generate(self, prompt: Any, params: Any) -> Any:
+        ids = prompt_ids(prompt)
         with self._lock:  # the record's position is the request's submission order
-            handle = self.backend.generate(prompt, params)
-            self.records.append(Record(list(prompt), params.logprob_start_len, handle))
+            handle = self.backend.generate(ids, params)
+            self.records.append(Record(ids, params.logprob_start_len, handle))
         return handle
 
     def stats(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Any
@@ -100,7 +101,12 @@ class Function:
         _, defaults = self._split(kwargs)
         backend = backend or get_default_backend()
         if len(batch_kwargs) > 1 and global_config.enable_precache_with_tracing:
-            self.prefill_constant_prefix(backend)
+            try:
+                self.prefill_constant_prefix(backend)
+            except Exception as exc:  # a speed-up only: each program meets the problem itself
+                warnings.warn(f"run_batch: prefilling {self.name}'s constant prefix failed "
+                              f"({type(exc).__name__}: {exc}); running without it",
+                              stacklevel=2)
         threads = _num_threads(num_threads, len(batch_kwargs))
         if generator_style:
             return self._iter_batch(batch_kwargs, backend, defaults, threads, progress_bar)

@@ -173,10 +173,12 @@ class StreamExecutor(NodeHandlers):
             self.execute(op.node)
         except ProgramError as error:
             self.fail(error)
+            self._skip(op)
         except Exception as exc:
             error = ProgramError(self.program, op.site, exc)
             error.__cause__ = exc
             self.fail(error)
+            self._skip(op)  # a failed Fork still releases its children (failed), never hangs
 
     def _skip(self, op: Op) -> None:
         """After a failure ops do nothing, but children waiting on a fork fail too."""

@@ -147,3 +147,29 @@ def test_bad_run_defaults_and_unsupported_arguments_raise_at_once():
         reads_missing.run(not_a_parameter=1)
     with pytest.raises(NotImplementedError, match="frequency_penalty"):
         lm.gen("x", frequency_penalty=0.5)
+
+
+class FailingCommit(ScriptedBackend):
+    """Fails the prefill a fork makes of its shared prefix."""
+
+    def commit(self, prompt, track=None):
+        raise ConnectionError("prefill refused")
+
+
+def test_a_failed_fork_fails_its_children_and_never_hangs():
+    @lm.function
+    def forked(s):
+        s += "Two ideas:"
+        forks = s.fork(2)
+        for f in forks:
+            inner = f.fork(2)  # nested: grandchildren wait on a fork that never runs
+            for g in inner:
+                g += lm.gen("idea", max_tokens=2)
+            inner.join()
+        forks.join()
+
+    with pytest.raises(lm.ProgramError, match="prefill refused"):
+        forked.run(backend=FailingCommit())
+    with pytest.warns(UserWarning, match="constant prefix failed"):
+        states = forked.run_batch([{}, {}], backend=FailingCommit())  # returns: nothing hangs
+    assert all("prefill refused" in str(st.error()) for st in states)
