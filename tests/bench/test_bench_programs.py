@@ -27,7 +27,8 @@ def test_every_workload_ran_on_every_system(result: dict) -> None:
     assert set(result["workloads"]) == set(ONLY)
     assert result["quick"] is True
     for name, w in result["workloads"].items():
-        assert set(w["systems"]) == set(SYSTEMS), name
+        # llama.cpp joins where its server is installed (never needed here)
+        assert set(SYSTEMS) <= set(w["systems"]) <= {*SYSTEMS, "llama.cpp"}, name
         for system, run in w["systems"].items():
             assert run["num_errors"] == 0, (name, system)
             assert run["num_programs"] >= 1 and run["seconds"] > 0
