@@ -288,11 +288,13 @@ def remote_status(endpoint: Any) -> dict[str, Any]:
 
 
 def engine_status(info: dict[str, Any], st: dict[str, Any]) -> dict[str, Any]:
-    """An engine's `describe()` and `stats()` in words."""
+    """An engine's `describe()` and `stats()` in words (the weight format and the model
+    runner where describe() reports them)."""
     return {
         "model": info["model"],
         "device": info["device"] + (f" ({info['cpu']})" if "cpu" in info else ""),
         "dtype": f"{info['dtype']} ({info['dtype_reason']})",
+        **{key: described(info, key) for key in ("weights", "runner") if key in info},
         "exact": ("yes: batch-invariant kernels, cache hits never change an answer"
                   if info["deterministic"] else "no: " + info["kernels"]),
         "kernels": f"linear {info['linear']}; attention {info['attention']}",
@@ -303,6 +305,12 @@ def engine_status(info: dict[str, Any], st: dict[str, Any]) -> dict[str, Any]:
                     "prompt tokens cached)",
         "requests": st["num_requests"],
     }
+
+
+def described(info: dict[str, Any], key: str) -> str:
+    """describe()'s `key`, with its `<key>_reason` where it gives one."""
+    reason = info.get(f"{key}_reason")
+    return f"{info[key]}" + (f" ({reason})" if reason else "")
 
 
 def wait_or_cancel(states: list[Any], poll: float = 0.05) -> None:

@@ -1,7 +1,9 @@
 """`CacheStatsView`: hit rate (cumulative and recent), cached vs computed prompt tokens, pool
-usage (free / evictable / in use), extend and decode steps, tokens/s.
+usage (free / evictable / in use), extend and decode steps, tokens/s (with the model runner
+and weight format where the engine's `describe()` reports them).
 
-Reads `stats()` only; the recent hit rate is over the last `window` refreshes (~5 s at 5 Hz).
+Reads `stats()`, and `describe()` once when made; the recent hit rate is over the last
+`window` refreshes (~5 s at 5 Hz).
 Live as an anywidget, static as an HTML table (`_repr_html_`).
 """
 
@@ -31,6 +33,7 @@ class CacheStatsView(HtmlView):
     extend_steps = traitlets.Int(0).tag(sync=True)
     decode_steps = traitlets.Int(0).tag(sync=True)
     tokens_per_second = traitlets.Float(0.0).tag(sync=True)
+    runs_on = traitlets.Unicode("").tag(sync=True)  # runner and weights, where described
     history = traitlets.List([]).tag(sync=True)  # cumulative hit rate per refresh
 
     def __init__(self, runtime_or_engine: Any = None, *, window: int = 25, live: bool = True,
@@ -38,6 +41,7 @@ class CacheStatsView(HtmlView):
         super().__init__(**kwargs)
         self.engine = engine_of(runtime_or_engine)
         self._recent: deque[tuple[int, int]] = deque(maxlen=window)
+        self.runs_on = runs_on(self.engine)
         self.refresh()
         self.poller = Poller(self, done=done) if live else None
 
@@ -72,8 +76,22 @@ class CacheStatsView(HtmlView):
             ("pool", f"{self.free_slots} free, {self.evictable_slots} evictable, "
                      f"{self.in_use_slots} in use (of {self.capacity})"),
             ("steps", f"{self.extend_steps} extend, {self.decode_steps} decode"),
-            ("speed", f"{self.tokens_per_second:.0f} tokens/s"),
+            ("speed", f"{self.tokens_per_second:.0f} tokens/s"
+                      + (f" ({self.runs_on})" if self.runs_on else "")),
         ]
         table = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
         return (f'<div><b>cache</b></div><table class="lmnb-stats">{table}</table>'
                 f'<div class="lmnb-bar">{bar}</div>')
+
+
+def runs_on(engine: Any) -> str:
+    """"runner X, weights Y" from the engine's describe(), where it reports them (an engine
+    without describe(), or without those keys, gives "")."""
+    describe = getattr(engine, "describe", None)
+    try:
+        info = describe() if callable(describe) else {}
+    except Exception:  # a view never fails over a description
+        return ""
+    # the value only: describe() may add its reason in brackets ("native (default: ...)")
+    return ", ".join(f"{key} {str(info[key]).split(' (')[0]}" for key in ("runner", "weights")
+                     if info.get(key))
