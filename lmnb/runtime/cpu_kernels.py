@@ -55,9 +55,12 @@ i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 
 
 # the weight formats of csrc/linear.h (LMNB_W_*)
-W_F32, W_BF16, W_BF16_PAIRS, W_Q4, W_INT8, W_Q8 = range(6)
+W_F32, W_BF16, W_BF16_PAIRS, W_Q4, W_INT8, W_Q8, W_Q4_PAIRS, W_Q8_PAIRS = range(8)
 FORMAT_NAMES = {W_F32: "fp32", W_BF16: "bf16", W_BF16_PAIRS: "bf16 pairs", W_Q4: "q4 (Q4_1)",
-                W_INT8: "int8", W_Q8: "q8 (Q8_0)"}
+                W_INT8: "int8", W_Q8: "q8 (Q8_0)", W_Q4_PAIRS: "q4 (Q4_1) pairs",
+                W_Q8_PAIRS: "q8 (Q8_0) pairs"}
+PAIR_FORMATS = (W_BF16_PAIRS, W_Q4_PAIRS, W_Q8_PAIRS)  # x rounded to bf16, bf16 dot products
+QUANT_FORMATS = (W_Q4, W_INT8, W_Q8, W_Q4_PAIRS, W_Q8_PAIRS)  # lmnb_linear_w's
 GGUF_BLOCKS = {"Q4_1": (W_Q4, 20), "Q8_0": (W_Q8, 34)}  # GGUF type -> (format, bytes a block)
 GROUP = 32  # k per block of the GGUF's Q4_1 and Q8_0
 
@@ -88,7 +91,7 @@ class PackedWeight:
 
     @property
     def pairs(self) -> bool:
-        return self.format == W_BF16_PAIRS
+        return self.format in PAIR_FORMATS
 
     @property
     def format_name(self) -> str:
@@ -172,9 +175,11 @@ class NativeKernels:
         return PackedWeight(data, out_f, in_f, bias)
 
     def pack_gguf(self, kind: str, raw: torch.Tensor, out_features: int, in_features: int,
-                  bias: torch.Tensor | None = None) -> PackedWeight:
+                  bias: torch.Tensor | None = None, pairs: bool = False) -> PackedWeight:
         """A GGUF tensor's blocks as the file stores them (`kind` Q4_1 or Q8_0; raw: uint8
-        [out, in / 32 * block bytes]) -> LMNB_W_Q4 or LMNB_W_Q8 panels, the file's values."""
+        [out, in / 32 * block bytes]) -> LMNB_W_Q4 or LMNB_W_Q8 panels, the file's values.
+        pairs: multiply x rounded to bf16 on the CPU's bf16 dot product where it has one
+        (LMNB_W_Q4_PAIRS, LMNB_W_Q8_PAIRS: for bf16 activations)."""
         if kind not in GGUF_BLOCKS:
             raise ValueError(f"no native format for GGUF {kind} blocks; have {sorted(GGUF_BLOCKS)}")
         fmt, block = GGUF_BLOCKS[kind]
@@ -191,6 +196,8 @@ class NativeKernels:
             scales = torch.empty(panels * in_features // GROUP * PANEL, dtype=torch.float32)
         self._pack_gguf[fmt](raw.data_ptr(), out_features, in_features, data.data_ptr(),
                              scales.data_ptr())
+        if pairs and self.bf16_pairs:
+            fmt = W_Q4_PAIRS if fmt == W_Q4 else W_Q8_PAIRS
         return PackedWeight(data, out_features, in_features, bias, fmt=fmt, scales=scales)
 
     def pack_int8(self, q: torch.Tensor, scale: torch.Tensor,
@@ -216,7 +223,9 @@ class NativeKernels:
         """x [n, in] (any float dtype) -> y [n, out] float32. With bf16 pairs, x is rounded
         to bf16 (exact for a bf16 model's activations)."""
         y = torch.empty(x.shape[0], w.out_features, dtype=torch.float32)
-        if w.format in (W_Q4, W_INT8, W_Q8):
+        if w.format in QUANT_FORMATS:
+            if reference and w.pairs:
+                raise ValueError("the pair formats have no element-by-element reference")
             x = x.float().contiguous()
             call = (self._reference_w(ctypes.byref(w.descriptor()), x.data_ptr(), x.shape[0],
                                       y.data_ptr()) if reference else
@@ -455,15 +464,15 @@ def _probe(kernels: NativeKernels) -> None:
         if not (same and torch.equal(got, rows)):
             raise RuntimeError("the compiled linear is not batch-invariant on a probe")
     for packed in _probe_quantized(kernels, gen):
-        got = kernels.linear(x[:, :packed.in_features], packed)
-        want = torch.nn.functional.linear(x[:, :packed.in_features], kernels.dequantize(packed),
-                                          packed.bias)
-        rows = torch.cat([kernels.linear(x[i : i + 1, :packed.in_features], packed)
-                          for i in range(len(x))])
+        xq = x[:, :packed.in_features]
+        xq = xq.bfloat16().float() if packed.pairs else xq  # the pairs round x to bf16
+        got = kernels.linear(xq, packed)
+        want = torch.nn.functional.linear(xq, kernels.dequantize(packed), packed.bias)
+        rows = torch.cat([kernels.linear(xq[i : i + 1], packed) for i in range(len(x))])
         if not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
             raise RuntimeError(f"the compiled linear disagrees with torch ({packed.format_name})")
-        if not (torch.equal(got, rows) and torch.equal(
-                got, kernels.linear(x[:, :packed.in_features], packed, reference=True))):
+        same = packed.pairs or torch.equal(got, kernels.linear(xq, packed, reference=True))
+        if not (same and torch.equal(got, rows)):
             raise RuntimeError(f"the compiled {packed.format_name} linear is not batch-invariant")
     heads, kv_heads, dim, slots = 6, 2, 16, 40
     q = torch.randn(3, heads, dim, generator=gen)
@@ -502,6 +511,9 @@ def random_blocks(kind: str, out_features: int, in_features: int,
 def _probe_quantized(kernels: NativeKernels, gen: torch.Generator) -> list[PackedWeight]:
     bias = torch.randn(40, generator=gen)
     q = torch.randint(-127, 128, (40, 48), generator=gen, dtype=torch.int8)
-    return [kernels.pack_gguf("Q4_1", random_blocks("Q4_1", 40, 32, gen), 40, 32, bias),
-            kernels.pack_gguf("Q8_0", random_blocks("Q8_0", 40, 32, gen), 40, 32, bias),
+    q4, q8 = random_blocks("Q4_1", 40, 32, gen), random_blocks("Q8_0", 40, 32, gen)
+    return [kernels.pack_gguf("Q4_1", q4, 40, 32, bias),
+            kernels.pack_gguf("Q4_1", q4, 40, 32, bias, pairs=True),  # where the CPU has them
+            kernels.pack_gguf("Q8_0", q8, 40, 32, bias),
+            kernels.pack_gguf("Q8_0", q8, 40, 32, bias, pairs=True),
             kernels.pack_int8(q, torch.rand(40, generator=gen) / 127, bias)]

@@ -159,7 +159,8 @@ class Linears:
             case "q4" if all(n in self.blocks for n in names) and len(
                     {self.blocks[n].kind for n in names}) == 1:
                 b = GGUFBlocks.cat([self.blocks[n] for n in names])
-                return native.pack_gguf(b.kind, b.raw, *b.shape, bias)
+                return native.pack_gguf(b.kind, b.raw, *b.shape, bias,
+                                        pairs=self.dtype == torch.bfloat16)
             case "q4" | "fp32":  # q4: a matrix the file holds in another type, exactly
                 return native.pack(self._dense(names), bias, torch.float32)
             case "int8":

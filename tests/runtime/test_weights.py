@@ -89,6 +89,25 @@ def test_quantized_products_are_the_fp32_chain_over_their_values(kernels, fmt, o
     assert packed.nbytes * 8 <= bits * panels * in_f + 32 * panels
 
 
+@pytest.mark.parametrize("kind", ["Q4_1", "Q8_0"])
+def test_pair_formats_take_bf16_activations_and_are_batch_invariant(kernels, kind) -> None:
+    """With bf16 activations, the GGUF's blocks multiply on the CPU's bf16 dot product where
+    it has one (d * dot(x, q) + m * sum(x) per group): values as torch's, bits per row."""
+    gen = torch.Generator().manual_seed(8)
+    b = _blocks(kind, torch.randn(200, 576, generator=gen))
+    bias = torch.randn(200, generator=gen)
+    packed = kernels.pack_gguf(kind, b.raw, *b.shape, bias, pairs=True)
+    assert packed.pairs == kernels.bf16_pairs
+    x = torch.randn(50, 576, generator=gen).bfloat16()
+    full = kernels.linear(x, packed)
+    torch.testing.assert_close(full, F.linear(x.float(), b.dequantize(), bias), rtol=1e-5,
+                               atol=2e-4)
+    for rows in (1, 2, 3, 5, 6, 7, 13, 49):
+        for start in range(0, len(x) - rows + 1, 19):
+            assert torch.equal(kernels.linear(x[start : start + rows], packed),
+                               full[start : start + rows]), (rows, start)
+
+
 def test_int8_stays_within_its_rounding_bound() -> None:
     gen = torch.Generator().manual_seed(5)
     weight = torch.randn(300, 200, generator=gen) * torch.rand(300, 1, generator=gen)
@@ -266,7 +285,7 @@ def test_tiny_models_keep_the_promise_in_every_format(kernels, fmt, dtype) -> No
     ids = torch.randint(0, 301, (120,), generator=gen).tolist()
     other = torch.randint(0, 301, (50,), generator=gen).tolist()
     whole = _check_splits(model, ids, other)
-    if fmt == "q4":  # the fp32 weights' bits
+    if fmt == "q4" and dtype == torch.float32:  # the fp32 weights' bits (bf16: the pairs')
         assert torch.equal(whole, _logits(fp32, [(ids, [120])])[0])
 
 

@@ -72,7 +72,7 @@ static inline float half_to_f32(uint16_t h) {
  * by. wp, sp: the panel's integers and scales; group: k per scale (Q8: 32, INT8: k). */
 static inline float q_weight(int fmt, const void *wp, const void *sp, int64_t group, int64_t kk,
                              int j) {
-    if (fmt == LMNB_W_Q4) { /* bytes [k/2][16]: low nibble k even, high nibble k odd */
+    if (fmt == LMNB_W_Q4 || fmt == LMNB_W_Q4_PAIRS) { /* [k/2][16]: low nibble k even */
         const uint8_t b = ((const uint8_t *)wp)[(kk / 2) * PANEL + j];
         const float q = (float)(kk % 2 ? b >> 4 : b & 0xF);
         const uint16_t *s = (const uint16_t *)sp + (kk / GROUP) * 2 * PANEL; /* d[16], m[16] */
@@ -435,6 +435,103 @@ static void tile_pairs_rows(int rows, const uint16_t *x, int64_t k, const void *
     default: tile_pairs(1, x, k, wps, y, ldy, row0, col0, n, bias); break;
     }
 }
+
+/* Quantized weights times bf16 activations on the CPU's bf16 dot product (LMNB_W_Q4_PAIRS,
+ * LMNB_W_Q8_PAIRS: the Q4 and Q8 panels as they are). A 4-bit or 8-bit q is exact in bf16, so
+ * per group of 32 k an element takes dot = the pair steps of x[k] q[k] from 0 (exact products,
+ * fp32 sums), then, Q4: acc = fma(m, sx, acc), acc = fma(d, dot, acc), where sx is the sum of
+ * the row's x over the group (fp32, in k order, once per row); Q8: acc = fma(d, dot, acc).
+ * The row's arithmetic, whatever the tile: another rounding of the same sum as the fp32 chain
+ * over the de-quantized weights, at about half its instructions per row.
+ * x rows: k bf16, then k/32 fp32 group sums (pair_rows). */
+static inline __attribute__((always_inline)) __m512bh q_pair(int fmt, const void *wp,
+                                                               int64_t kk) {
+    /* lane c: bf16(q[c][kk]) | bf16(q[c][kk + 1]) << 16 (small integers: the high half of the
+     * float's bits, the low half being zero) */
+    __m512i lo, hi;
+    if (fmt == LMNB_W_Q4_PAIRS) {
+        const __m512i b = _mm512_cvtepu8_epi32(
+            _mm_loadu_si128((const __m128i *)((const uint8_t *)wp + kk / 2 * PANEL)));
+        lo = _mm512_and_si512(b, _mm512_set1_epi32(0xF));
+        hi = _mm512_srli_epi32(b, 4);
+    } else {
+        const int8_t *q = (const int8_t *)wp + kk * PANEL;
+        lo = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q));
+        hi = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + PANEL)));
+    }
+    lo = _mm512_castps_si512(_mm512_cvtepi32_ps(lo));
+    hi = _mm512_castps_si512(_mm512_cvtepi32_ps(hi));
+    return (__m512bh)_mm512_or_si512(_mm512_srli_epi32(lo, 16), hi);
+}
+
+static inline __attribute__((always_inline)) void tile_q_pairs(
+    int rows, int fmt, const uint8_t *x, int64_t k, const void *const wps[NP],
+    const void *const sps[NP], float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
+    const float *bias) {
+    const int64_t stride = 2 * k + k / GROUP * 4; /* bytes a row of x */
+    __m512 acc[MR][NP];
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < NP; p++) acc[i][p] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < k / GROUP; g++) {
+        __m512 dot[MR][NP];
+        for (int i = 0; i < rows; i++)
+            for (int p = 0; p < NP; p++) dot[i][p] = _mm512_setzero_ps();
+        for (int64_t kk = g * GROUP; kk < (g + 1) * GROUP; kk += 2) {
+            __m512bh wv[NP];
+            for (int p = 0; p < NP; p++) wv[p] = q_pair(fmt, wps[p], kk);
+            for (int i = 0; i < rows; i++) {
+                int32_t pair;
+                memcpy(&pair, x + i * stride + kk * 2, sizeof pair);
+                const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
+                for (int p = 0; p < NP; p++) dot[i][p] = _mm512_dpbf16_ps(dot[i][p], xv, wv[p]);
+            }
+        }
+        for (int p = 0; p < NP; p++) {
+            if (fmt == LMNB_W_Q4_PAIRS) {
+                const uint16_t *s = (const uint16_t *)sps[p] + g * 2 * PANEL;
+                const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
+                const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + PANEL)));
+                for (int i = 0; i < rows; i++) {
+                    float sx;
+                    memcpy(&sx, x + i * stride + 2 * k + g * 4, sizeof sx);
+                    acc[i][p] = _mm512_fmadd_ps(m, _mm512_set1_ps(sx), acc[i][p]);
+                    acc[i][p] = _mm512_fmadd_ps(d, dot[i][p], acc[i][p]);
+                }
+            } else {
+                const __m512 d = _mm512_loadu_ps((const float *)sps[p] + g * PANEL);
+                for (int i = 0; i < rows; i++) acc[i][p] = _mm512_fmadd_ps(d, dot[i][p], acc[i][p]);
+            }
+        }
+    }
+    store_tile(rows, acc, y, ldy, row0, col0, n, bias);
+}
+
+static void tile_q_pairs_rows(int rows, int fmt, const uint8_t *x, int64_t k,
+                              const void *const wps[NP], const void *const sps[NP], float *y,
+                              int64_t ldy, int64_t row0, int64_t col0, int64_t n,
+                              const float *bias) {
+#define Q_PAIRS(r, f) tile_q_pairs(r, f, x, k, wps, sps, y, ldy, row0, col0, n, bias)
+    if (fmt == LMNB_W_Q4_PAIRS) {
+        switch (rows) {
+        case 6: Q_PAIRS(6, LMNB_W_Q4_PAIRS); break;
+        case 5: Q_PAIRS(5, LMNB_W_Q4_PAIRS); break;
+        case 4: Q_PAIRS(4, LMNB_W_Q4_PAIRS); break;
+        case 3: Q_PAIRS(3, LMNB_W_Q4_PAIRS); break;
+        case 2: Q_PAIRS(2, LMNB_W_Q4_PAIRS); break;
+        default: Q_PAIRS(1, LMNB_W_Q4_PAIRS); break;
+        }
+    } else {
+        switch (rows) {
+        case 6: Q_PAIRS(6, LMNB_W_Q8_PAIRS); break;
+        case 5: Q_PAIRS(5, LMNB_W_Q8_PAIRS); break;
+        case 4: Q_PAIRS(4, LMNB_W_Q8_PAIRS); break;
+        case 3: Q_PAIRS(3, LMNB_W_Q8_PAIRS); break;
+        case 2: Q_PAIRS(2, LMNB_W_Q8_PAIRS); break;
+        default: Q_PAIRS(1, LMNB_W_Q8_PAIRS); break;
+        }
+    }
+#undef Q_PAIRS
+}
 #endif
 
 /* 1 where this build has the bf16 pair path (lmnb_pack_pairs, lmnb_linear_pairs). */
@@ -483,6 +580,13 @@ static void quant_tiles(int rows, const void *x, int64_t k, int64_t group,
 }
 
 #ifdef __AVX512BF16__
+static void q_pair_tiles(int rows, const void *x, int64_t k, int64_t group,
+                         const void *const wps[NP], const void *const sps[NP], int fmt, float *y,
+                         int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
+    (void)group;
+    tile_q_pairs_rows(rows, fmt, (const uint8_t *)x, k, wps, sps, y, ldy, row0, col0, n, bias);
+}
+
 static void pair_tiles(int rows, const void *x, int64_t k, int64_t group,
                        const void *const wps[NP], const void *const sps[NP], int bf16, float *y,
                        int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
@@ -501,8 +605,8 @@ typedef struct Panels {
 } Panels;
 
 /* Every tile of y [m, n], work items of ROW_BLOCK rows x COL_BLOCK panels over the threads.
- * x_bytes: the size of one element of x. */
-static void all_tiles(TileFn fn, int mode, const void *x, int x_bytes, int64_t m, int64_t k,
+ * x_row: the bytes of one row of x. */
+static void all_tiles(TileFn fn, int mode, const void *x, int64_t x_row, int64_t m, int64_t k,
                       Panels w, int64_t n, const float *bias, float *y, int num_threads) {
     const int64_t panels = (n + PANEL - 1) / PANEL;
     const int64_t col_blocks = (panels + COL_BLOCK - 1) / COL_BLOCK;
@@ -522,8 +626,8 @@ static void all_tiles(TileFn fn, int mode, const void *x, int x_bytes, int64_t m
                 for (int64_t r = rb * ROW_BLOCK; r < r_end; r += MR) {
                     const int rows = r_end - r < MR ? (int)(r_end - r) : MR;
                     /* columns of a duplicated panel are past n or written twice identically */
-                    fn(rows, (const char *)x + r * k * x_bytes, k, w.group, wps, sps, mode, y, n,
-                       r, p * PANEL, n, bias);
+                    fn(rows, (const char *)x + r * x_row, k, w.group, wps, sps, mode, y, n, r,
+                       p * PANEL, n, bias);
                 }
             }
         }
@@ -538,7 +642,8 @@ static Panels dense_panels(const void *packed, int64_t k, int elem_bytes) {
 int lmnb_linear_pairs(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed,
                       int64_t n, const float *bias, float *y, int num_threads) {
 #ifdef __AVX512BF16__
-    all_tiles(pair_tiles, 1, x, 2, m, k, dense_panels(packed, k, 2), n, bias, y, num_threads);
+    all_tiles(pair_tiles, 1, x, 2 * k, m, k, dense_panels(packed, k, 2), n, bias, y,
+              num_threads);
     return 0;
 #else
     (void)x; (void)m; (void)k; (void)packed; (void)n; (void)bias; (void)y; (void)num_threads;
@@ -549,8 +654,8 @@ int lmnb_linear_pairs(const uint16_t *x, int64_t m, int64_t k, const uint16_t *p
 /* y [m, n] = x [m, k] @ w.T (+ bias), w packed by lmnb_pack_weight. */
 void lmnb_linear(const float *x, int64_t m, int64_t k, const void *packed, int bf16, int64_t n,
                  const float *bias, float *y, int num_threads) {
-    all_tiles(chain_tiles, bf16, x, 4, m, k, dense_panels(packed, k, bf16 ? 2 : 4), n, bias, y,
-              num_threads);
+    all_tiles(chain_tiles, bf16, x, 4 * k, m, k, dense_panels(packed, k, bf16 ? 2 : 4), n, bias,
+              y, num_threads);
 }
 
 /* Reference: the same chain element by element, no tiles (for tests). */
@@ -572,8 +677,10 @@ void lmnb_linear_reference(const float *x, int64_t m, int64_t k, const void *pac
 static Panels quant_panels(const LmnbWeight *w) {
     switch (w->format) {
     case LMNB_W_Q4:
+    case LMNB_W_Q4_PAIRS:
         return (Panels){w->data, w->k / 2 * PANEL, w->scales, w->k / GROUP * 2 * PANEL * 2, GROUP};
     case LMNB_W_Q8:
+    case LMNB_W_Q8_PAIRS:
         return (Panels){w->data, w->k * PANEL, w->scales, w->k / GROUP * PANEL * 4, GROUP};
     default: /* LMNB_W_INT8 */
         return (Panels){w->data, w->k * PANEL, w->scales, PANEL * 4, w->k};
@@ -641,13 +748,42 @@ void lmnb_pack_int8(const int8_t *q, const float *s, int64_t n, int64_t k, int8_
 }
 
 static int is_quant(int32_t format) {
-    return format == LMNB_W_Q4 || format == LMNB_W_INT8 || format == LMNB_W_Q8;
+    return format == LMNB_W_Q4 || format == LMNB_W_INT8 || format == LMNB_W_Q8 ||
+           format == LMNB_W_Q4_PAIRS || format == LMNB_W_Q8_PAIRS;
 }
 
 static int fits(const LmnbWeight *w) {
     if (w->format == LMNB_W_Q4 || w->format == LMNB_W_Q8) return w->k % GROUP == 0;
+    if (w->format == LMNB_W_Q4_PAIRS || w->format == LMNB_W_Q8_PAIRS)
+        return w->k % GROUP == 0 && lmnb_has_pairs();
     return w->format >= LMNB_W_F32 && w->format <= LMNB_W_INT8;
 }
+
+#ifdef __AVX512BF16__
+/* x [m, k] fp32 -> rows of k bf16 (nearest even, as torch rounds) and k/32 fp32 sums of those
+ * bf16 values over each group, in k order: what tile_q_pairs reads. NULL without memory. */
+static uint8_t *pair_rows(const float *x, int64_t m, int64_t k) {
+    const int64_t stride = 2 * k + k / GROUP * 4;
+    uint8_t *rows = malloc((size_t)(m * stride));
+    if (!rows) return NULL;
+    for (int64_t r = 0; r < m; r++) {
+        uint16_t *xb = (uint16_t *)(rows + r * stride);
+        float *sums = (float *)(rows + r * stride + 2 * k);
+        for (int64_t g = 0; g < k / GROUP; g++) {
+            float sx = 0.0f;
+            for (int64_t kk = g * GROUP; kk < (g + 1) * GROUP; kk++) {
+                uint32_t bits;
+                memcpy(&bits, &x[r * k + kk], sizeof bits);
+                bits += 0x7FFF + ((bits >> 16) & 1);
+                xb[kk] = (uint16_t)(bits >> 16);
+                sx += bf16_to_f32(xb[kk]);
+            }
+            sums[g] = sx;
+        }
+    }
+    return rows;
+}
+#endif
 
 /* The weight's effective values out [n][k] (fp32), element by element (for tests). */
 int lmnb_dequantize(const LmnbWeight *w, float *out) {
@@ -673,9 +809,11 @@ int lmnb_dequantize(const LmnbWeight *w, float *out) {
     return 0;
 }
 
-/* Reference for every format but the pairs: each element's chain alone, no tiles (tests). */
+/* Reference for every format but the pair ones: each element's chain alone, no tiles. */
 int lmnb_linear_w_reference(const LmnbWeight *w, const float *x, int64_t m, float *y) {
-    if (!fits(w) || w->format == LMNB_W_BF16_PAIRS) return 1;
+    if (!fits(w) || w->format == LMNB_W_BF16_PAIRS || w->format == LMNB_W_Q4_PAIRS ||
+        w->format == LMNB_W_Q8_PAIRS)
+        return 1;
     if (!is_quant(w->format)) {
         lmnb_linear_reference(x, m, w->k, w->data, w->format == LMNB_W_BF16, w->n, w->bias, y);
         return 0;
@@ -716,9 +854,22 @@ int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int 
         free(xb);
         return failed;
     }
+    case LMNB_W_Q4_PAIRS:
+    case LMNB_W_Q8_PAIRS: {
+#ifdef __AVX512BF16__
+        uint8_t *rows = pair_rows(x, m, w->k);
+        if (!rows) return 1;
+        all_tiles(q_pair_tiles, w->format, rows, 2 * w->k + w->k / GROUP * 4, m, w->k,
+                  quant_panels(w), w->n, w->bias, y, num_threads);
+        free(rows);
+        return 0;
+#else
+        return 1;
+#endif
+    }
     default:
-        all_tiles(quant_tiles, w->format, x, 4, m, w->k, quant_panels(w), w->n, w->bias, y,
-                  num_threads);
+        all_tiles(quant_tiles, w->format, x, 4 * w->k, m, w->k, quant_panels(w), w->n, w->bias,
+                  y, num_threads);
         return 0;
     }
 }

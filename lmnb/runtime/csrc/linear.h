@@ -3,10 +3,13 @@
  * layout. Every format keeps linear.c's promise: an output element's bits never depend on the
  * number of rows, the tile or the thread.
  *
- * Every format but the bf16 pairs computes the same thing: each output element is one fp32 FMA
- * chain over k = 0 .. K-1 of x[k] times the weight's value w[k] (its "effective" weight: the
- * fp32 value, the bf16 value widened, or the quantized value de-quantized exactly as below),
- * so a quantized weight gives the bits of the fp32 weight holding its de-quantized values. */
+ * Every format but the pair ones (BF16_PAIRS, Q4_PAIRS, Q8_PAIRS) computes the same thing:
+ * each output element is one fp32 FMA chain over k = 0 .. K-1 of x[k] times the weight's value
+ * w[k] (its "effective" weight: the fp32 value, the bf16 value widened, or the quantized value
+ * de-quantized exactly as below), so a quantized weight gives the bits of the fp32 weight
+ * holding its de-quantized values. The pair formats round x to bf16 and use the CPU's bf16
+ * dot product (avx512_bf16): other bits, twice the products an instruction, still a fixed
+ * order per element. */
 #ifndef LMNB_LINEAR_H
 #define LMNB_LINEAR_H
 #include <stdint.h>
@@ -21,6 +24,9 @@ enum {
                             * (lmnb_pack_int8): w = s * q */
     LMNB_W_Q8 = 5,         /* group-32 symmetric int8, the GGUF's Q8_0 blocks (lmnb_pack_q8_0):
                             * w = d * q, d an fp16 per 32 k and column (held as fp32) */
+    LMNB_W_Q4_PAIRS = 6,   /* the Q4 panels with x rounded to bf16, on the CPU's bf16 dot
+                            * product: per group, d * dot(x, q) + m * sum(x) (linear.c) */
+    LMNB_W_Q8_PAIRS = 7,   /* the Q8 panels likewise: per group, d * dot(x, q) */
 };
 
 typedef struct LmnbWeight {
