@@ -31,7 +31,9 @@
 #endif
 
 #define PANEL 16 /* output columns a panel holds */
-#define NP 2     /* panels a tile covers (32 columns) */
+#define NP 2     /* panels a register tile of MR rows covers (32 columns) */
+#define WP 4     /* panels a tile call covers: up to 2 rows take all 4 at once (more chains in
+                  * flight: one or two rows are otherwise bound by the FMA latency) */
 #define MR 6     /* rows a tile covers */
 #define COL_BLOCK 4 /* panels a work item covers */
 #define ROW_BLOCK 48 /* rows a work item covers (a multiple of MR) */
@@ -138,10 +140,10 @@ static inline __m512 load_panel(const void *wp, int64_t kk, int bf16) {
     return _mm512_loadu_ps((const float *)wp + kk * PANEL);
 }
 
-static inline void store_tile(int rows, __m512 acc[MR][NP], float *y, int64_t ldy, int64_t row0,
+static inline void store_tile(int rows, int np, __m512 acc[MR][WP], float *y, int64_t ldy, int64_t row0,
                               int64_t col0, int64_t n, const float *bias) {
     for (int i = 0; i < rows; i++)
-        for (int p = 0; p < NP; p++) {
+        for (int p = 0; p < np; p++) {
             float out[PANEL];
             _mm512_storeu_ps(out, acc[i][p]);
             for (int j = 0; j < PANEL; j++)
@@ -149,52 +151,71 @@ static inline void store_tile(int rows, __m512 acc[MR][NP], float *y, int64_t ld
         }
 }
 
-/* rows x (NP panels) of y; acc[i][p] lane j holds the chain of element (i, 16p + j). */
+/* rows x (np panels) of y; acc[i][p] lane j holds the chain of element (i, 16p + j). */
 static inline __attribute__((always_inline)) void tile(
-    int rows, const float *x, int64_t k, const void *const wps[NP], int bf16, float *y,
+    int rows, int np, const float *x, int64_t k, const void *const wps[WP], int bf16, float *y,
     int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
-    __m512 acc[MR][NP];
+    __m512 acc[MR][WP];
     for (int i = 0; i < rows; i++)
-        for (int p = 0; p < NP; p++) acc[i][p] = _mm512_setzero_ps();
+        for (int p = 0; p < np; p++) acc[i][p] = _mm512_setzero_ps();
     for (int64_t kk = 0; kk < k; kk++) {
-        __m512 wv[NP];
-        for (int p = 0; p < NP; p++) wv[p] = load_panel(wps[p], kk, bf16);
+        __m512 wv[WP];
+        for (int p = 0; p < np; p++) wv[p] = load_panel(wps[p], kk, bf16);
         for (int i = 0; i < rows; i++) {
             const __m512 xv = _mm512_set1_ps(x[i * k + kk]);
-            for (int p = 0; p < NP; p++) acc[i][p] = _mm512_fmadd_ps(xv, wv[p], acc[i][p]);
+            for (int p = 0; p < np; p++) acc[i][p] = _mm512_fmadd_ps(xv, wv[p], acc[i][p]);
         }
     }
-    store_tile(rows, acc, y, ldy, row0, col0, n, bias);
+    store_tile(rows, np, acc, y, ldy, row0, col0, n, bias);
 }
 
-static void tile_rows(int rows, const float *x, int64_t k, const void *const wps[NP], int bf16,
+/* rows <= 2: all WP panels in one pass; more rows: NP panels a pass (registers). */
+#define BY_ROWS(call, wide)                                                                  \
+    do {                                                                                     \
+        if (rows <= 2) {                                                                     \
+            if (rows == 2) wide(2); else wide(1);                                            \
+            break;                                                                           \
+        }                                                                                    \
+        for (int h = 0; h < WP; h += NP) {                                                   \
+            const void *const *wh = wps + h, *const *sh = sps + h;                           \
+            const int64_t ch = col0 + h * PANEL;                                             \
+            (void)sh;                                                                        \
+            switch (rows) { /* a constant row count per case: accumulators in registers */   \
+            case 6: call(6); break;                                                          \
+            case 5: call(5); break;                                                          \
+            case 4: call(4); break;                                                          \
+            default: call(3); break;                                                         \
+            }                                                                                \
+        }                                                                                    \
+    } while (0)
+
+static void tile_rows(int rows, const float *x, int64_t k, const void *const wps[WP], int bf16,
                       float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
                       const float *bias) {
-    switch (rows) { /* a constant row count per case, so the accumulators stay in registers */
-    case 6: tile(6, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
-    case 5: tile(5, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
-    case 4: tile(4, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
-    case 3: tile(3, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
-    case 2: tile(2, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
-    default: tile(1, x, k, wps, bf16, y, ldy, row0, col0, n, bias); break;
-    }
+    const void *const *sps = wps; /* no scales */
+#define CALL(r) tile(r, NP, x, k, wh, bf16, y, ldy, row0, ch, n, bias)
+#define WIDE(r) tile(r, WP, x, k, wps, bf16, y, ldy, row0, col0, n, bias)
+    BY_ROWS(CALL, WIDE);
+#undef CALL
+#undef WIDE
 }
 
-/* rows x (NP quantized panels): each k's 16 weights a panel de-quantized in registers (the same
+/* rows x (np quantized panels): each k's 16 weights a panel de-quantized in registers (the same
  * values as q_weight), then the same FMA chain as the fp32 tiles. */
 static inline __attribute__((always_inline)) void qtile(
-    int rows, int fmt, const float *x, int64_t k, int64_t group, const void *const wps[NP],
-    const void *const sps[NP], float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
+    int rows, int np, int fmt, const float *x, int64_t k, int64_t group, const void *const wps[WP],
+    const void *const sps[WP], float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
     const float *bias) {
-    __m512 acc[MR][NP];
+    __m512 acc[MR][WP];
     for (int i = 0; i < rows; i++)
-        for (int p = 0; p < NP; p++) acc[i][p] = _mm512_setzero_ps();
+        for (int p = 0; p < np; p++) acc[i][p] = _mm512_setzero_ps();
     if (fmt == LMNB_W_Q4) {
-        const __m512i low = _mm512_set1_epi32(0xF);
+        /* q as a float: vpermps reads the index's low 4 bits, the low nibble as it is */
+        const __m512 values = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         for (int64_t g = 0; g < k / GROUP; g++) {
-            __m512 d[NP], m[NP];
-            const uint8_t *q[NP];
-            for (int p = 0; p < NP; p++) {
+            __m512 d[WP], m[WP];
+            const uint8_t *q[WP];
+            for (int p = 0; p < np; p++) {
                 const uint16_t *s = (const uint16_t *)sps[p] + g * 2 * PANEL;
                 d[p] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
                 m[p] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + PANEL)));
@@ -202,17 +223,19 @@ static inline __attribute__((always_inline)) void qtile(
             }
             for (int i = 0; i < GROUP / 2; i++) {
                 const int64_t kk = g * GROUP + 2 * i;
-                __m512 w0[NP], w1[NP];
-                for (int p = 0; p < NP; p++) {
+                __m512 w0[WP], w1[WP];
+                for (int p = 0; p < np; p++) {
                     const __m512i b = _mm512_cvtepu8_epi32(
                         _mm_loadu_si128((const __m128i *)(q[p] + i * PANEL)));
-                    w0[p] = _mm512_fmadd_ps(d[p], _mm512_cvtepi32_ps(_mm512_and_si512(b, low)), m[p]);
-                    w1[p] = _mm512_fmadd_ps(d[p], _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4)), m[p]);
+                    const __m512 q0 = _mm512_permutexvar_ps(b, values);
+                    const __m512 q1 = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), values);
+                    w0[p] = _mm512_fmadd_ps(d[p], q0, m[p]);
+                    w1[p] = _mm512_fmadd_ps(d[p], q1, m[p]);
                 }
                 for (int i2 = 0; i2 < rows; i2++) {
                     const __m512 x0 = _mm512_set1_ps(x[i2 * k + kk]);
                     const __m512 x1 = _mm512_set1_ps(x[i2 * k + kk + 1]);
-                    for (int p = 0; p < NP; p++) {
+                    for (int p = 0; p < np; p++) {
                         acc[i2][p] = _mm512_fmadd_ps(x0, w0[p], acc[i2][p]);
                         acc[i2][p] = _mm512_fmadd_ps(x1, w1[p], acc[i2][p]);
                     }
@@ -222,37 +245,34 @@ static inline __attribute__((always_inline)) void qtile(
     } else { /* int8 formats: a scale per group of k (Q8: 32, INT8: all of k) */
         for (int64_t k0 = 0; k0 < k; k0 += GROUP) {
             const int64_t len = k - k0 < GROUP ? k - k0 : GROUP;
-            __m512 s[NP];
-            for (int p = 0; p < NP; p++)
+            __m512 s[WP];
+            for (int p = 0; p < np; p++)
                 s[p] = _mm512_loadu_ps((const float *)sps[p] + (k0 / group) * PANEL);
             for (int64_t kk = k0; kk < k0 + len; kk++) {
-                __m512 wv[NP];
-                for (int p = 0; p < NP; p++) {
+                __m512 wv[WP];
+                for (int p = 0; p < np; p++) {
                     const __m512i b = _mm512_cvtepi8_epi32(
                         _mm_loadu_si128((const __m128i *)((const int8_t *)wps[p] + kk * PANEL)));
                     wv[p] = _mm512_mul_ps(s[p], _mm512_cvtepi32_ps(b));
                 }
                 for (int i = 0; i < rows; i++) {
                     const __m512 xv = _mm512_set1_ps(x[i * k + kk]);
-                    for (int p = 0; p < NP; p++) acc[i][p] = _mm512_fmadd_ps(xv, wv[p], acc[i][p]);
+                    for (int p = 0; p < np; p++) acc[i][p] = _mm512_fmadd_ps(xv, wv[p], acc[i][p]);
                 }
             }
         }
     }
-    store_tile(rows, acc, y, ldy, row0, col0, n, bias);
+    store_tile(rows, np, acc, y, ldy, row0, col0, n, bias);
 }
 
 static void qtile_rows(int rows, int fmt, const float *x, int64_t k, int64_t group,
-                       const void *const wps[NP], const void *const sps[NP], float *y,
+                       const void *const wps[WP], const void *const sps[WP], float *y,
                        int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
-    switch (rows) {
-    case 6: qtile(6, fmt, x, k, group, wps, sps, y, ldy, row0, col0, n, bias); break;
-    case 5: qtile(5, fmt, x, k, group, wps, sps, y, ldy, row0, col0, n, bias); break;
-    case 4: qtile(4, fmt, x, k, group, wps, sps, y, ldy, row0, col0, n, bias); break;
-    case 3: qtile(3, fmt, x, k, group, wps, sps, y, ldy, row0, col0, n, bias); break;
-    case 2: qtile(2, fmt, x, k, group, wps, sps, y, ldy, row0, col0, n, bias); break;
-    default: qtile(1, fmt, x, k, group, wps, sps, y, ldy, row0, col0, n, bias); break;
-    }
+#define CALL(r) qtile(r, NP, fmt, x, k, group, wh, sh, y, ldy, row0, ch, n, bias)
+#define WIDE(r) qtile(r, WP, fmt, x, k, group, wps, sps, y, ldy, row0, col0, n, bias)
+    BY_ROWS(CALL, WIDE);
+#undef CALL
+#undef WIDE
 }
 #elif defined(__AVX2__) && defined(__FMA__)
 /* The same chains with 8-wide vectors: a panel is two halves; tiles of up to 3 rows keep the
@@ -289,18 +309,21 @@ static inline __attribute__((always_inline)) void tile2(
         }
 }
 
-static void tile_rows(int rows, const float *x, int64_t k, const void *const wps[NP], int bf16,
+static void tile_rows(int rows, const float *x, int64_t k, const void *const wps[WP], int bf16,
                       float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
                       const float *bias) {
-    for (int i = 0; i < rows; i += MR2) {
-        const int r = rows - i < MR2 ? rows - i : MR2;
-        const float *xi = x + i * k;
-        switch (r) {
-        case 3: tile2(3, xi, k, wps, bf16, y, ldy, row0 + i, col0, n, bias); break;
-        case 2: tile2(2, xi, k, wps, bf16, y, ldy, row0 + i, col0, n, bias); break;
-        default: tile2(1, xi, k, wps, bf16, y, ldy, row0 + i, col0, n, bias); break;
+    for (int h = 0; h < WP; h += NP)
+        for (int i = 0; i < rows; i += MR2) {
+            const int r = rows - i < MR2 ? rows - i : MR2;
+            const float *xi = x + i * k;
+            const void *const *wh = wps + h;
+            const int64_t ch = col0 + h * PANEL;
+            switch (r) {
+            case 3: tile2(3, xi, k, wh, bf16, y, ldy, row0 + i, ch, n, bias); break;
+            case 2: tile2(2, xi, k, wh, bf16, y, ldy, row0 + i, ch, n, bias); break;
+            default: tile2(1, xi, k, wh, bf16, y, ldy, row0 + i, ch, n, bias); break;
+            }
         }
-    }
 }
 
 /* As the AVX-512 dequant_span, 8 columns at a time. */
@@ -362,34 +385,37 @@ static inline __attribute__((always_inline)) void qtile2(
 }
 
 static void qtile_rows(int rows, int fmt, const float *x, int64_t k, int64_t group,
-                       const void *const wps[NP], const void *const sps[NP], float *y,
+                       const void *const wps[WP], const void *const sps[WP], float *y,
                        int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
-    for (int i = 0; i < rows; i += MR2) {
-        const int r = rows - i < MR2 ? rows - i : MR2;
-        const float *xi = x + i * k;
-        switch (r) {
-        case 3: qtile2(3, fmt, xi, k, group, wps, sps, y, ldy, row0 + i, col0, n, bias); break;
-        case 2: qtile2(2, fmt, xi, k, group, wps, sps, y, ldy, row0 + i, col0, n, bias); break;
-        default: qtile2(1, fmt, xi, k, group, wps, sps, y, ldy, row0 + i, col0, n, bias); break;
+    for (int h = 0; h < WP; h += NP)
+        for (int i = 0; i < rows; i += MR2) {
+            const int r = rows - i < MR2 ? rows - i : MR2;
+            const float *xi = x + i * k;
+            const void *const *wh = wps + h, *const *sh = sps + h;
+            const int64_t ch = col0 + h * PANEL;
+            switch (r) {
+            case 3: qtile2(3, fmt, xi, k, group, wh, sh, y, ldy, row0 + i, ch, n, bias); break;
+            case 2: qtile2(2, fmt, xi, k, group, wh, sh, y, ldy, row0 + i, ch, n, bias); break;
+            default: qtile2(1, fmt, xi, k, group, wh, sh, y, ldy, row0 + i, ch, n, bias); break;
+            }
         }
-    }
 }
 #else
-static void tile_rows(int rows, const float *x, int64_t k, const void *const wps[NP], int bf16,
+static void tile_rows(int rows, const float *x, int64_t k, const void *const wps[WP], int bf16,
                       float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
                       const float *bias) {
     for (int i = 0; i < rows; i++)
-        for (int p = 0; p < NP; p++)
+        for (int p = 0; p < WP; p++)
             for (int j = 0; j < PANEL; j++)
                 store(y, ldy, row0 + i, col0 + p * PANEL + j, n,
                       chain(x + i * k, wps[p], k, bf16, j), bias);
 }
 
 static void qtile_rows(int rows, int fmt, const float *x, int64_t k, int64_t group,
-                       const void *const wps[NP], const void *const sps[NP], float *y,
+                       const void *const wps[WP], const void *const sps[WP], float *y,
                        int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
     for (int i = 0; i < rows; i++)
-        for (int p = 0; p < NP; p++)
+        for (int p = 0; p < WP; p++)
             for (int j = 0; j < PANEL; j++)
                 store(y, ldy, row0 + i, col0 + p * PANEL + j, n,
                       qchain(fmt, x + i * k, wps[p], sps[p], k, group, j), bias);
@@ -404,36 +430,34 @@ static void qtile_rows(int rows, int fmt, const float *x, int64_t k, int64_t gro
  * per instruction of the fp32 chain; the bits differ from it (another arithmetic), but depend
  * on nothing but the row, like it. */
 static inline __attribute__((always_inline)) void tile_pairs(
-    int rows, const uint16_t *x, int64_t k, const void *const wps[NP], float *y, int64_t ldy,
+    int rows, int np, const uint16_t *x, int64_t k, const void *const wps[WP], float *y, int64_t ldy,
     int64_t row0, int64_t col0, int64_t n, const float *bias) {
-    __m512 acc[MR][NP];
+    __m512 acc[MR][WP];
     for (int i = 0; i < rows; i++)
-        for (int p = 0; p < NP; p++) acc[i][p] = _mm512_setzero_ps();
+        for (int p = 0; p < np; p++) acc[i][p] = _mm512_setzero_ps();
     for (int64_t kk = 0; kk < k / 2; kk++) {
-        __m512bh wv[NP];
-        for (int p = 0; p < NP; p++)
+        __m512bh wv[WP];
+        for (int p = 0; p < np; p++)
             wv[p] = (__m512bh)_mm512_loadu_si512((const uint16_t *)wps[p] + kk * 2 * PANEL);
         for (int i = 0; i < rows; i++) {
             int32_t pair;
             memcpy(&pair, x + i * k + 2 * kk, sizeof pair);
             const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
-            for (int p = 0; p < NP; p++) acc[i][p] = _mm512_dpbf16_ps(acc[i][p], xv, wv[p]);
+            for (int p = 0; p < np; p++) acc[i][p] = _mm512_dpbf16_ps(acc[i][p], xv, wv[p]);
         }
     }
-    store_tile(rows, acc, y, ldy, row0, col0, n, bias);
+    store_tile(rows, np, acc, y, ldy, row0, col0, n, bias);
 }
 
-static void tile_pairs_rows(int rows, const uint16_t *x, int64_t k, const void *const wps[NP],
+static void tile_pairs_rows(int rows, const uint16_t *x, int64_t k, const void *const wps[WP],
                             float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
                             const float *bias) {
-    switch (rows) {
-    case 6: tile_pairs(6, x, k, wps, y, ldy, row0, col0, n, bias); break;
-    case 5: tile_pairs(5, x, k, wps, y, ldy, row0, col0, n, bias); break;
-    case 4: tile_pairs(4, x, k, wps, y, ldy, row0, col0, n, bias); break;
-    case 3: tile_pairs(3, x, k, wps, y, ldy, row0, col0, n, bias); break;
-    case 2: tile_pairs(2, x, k, wps, y, ldy, row0, col0, n, bias); break;
-    default: tile_pairs(1, x, k, wps, y, ldy, row0, col0, n, bias); break;
-    }
+    const void *const *sps = wps; /* no scales */
+#define CALL(r) tile_pairs(r, NP, x, k, wh, y, ldy, row0, ch, n, bias)
+#define WIDE(r) tile_pairs(r, WP, x, k, wps, y, ldy, row0, col0, n, bias)
+    BY_ROWS(CALL, WIDE);
+#undef CALL
+#undef WIDE
 }
 
 /* Quantized weights times bf16 activations on the CPU's bf16 dot product (LMNB_W_Q4_PAIRS,
@@ -448,45 +472,49 @@ static inline __attribute__((always_inline)) __m512bh q_pair(int fmt, const void
                                                                int64_t kk) {
     /* lane c: bf16(q[c][kk]) | bf16(q[c][kk + 1]) << 16 (small integers: the high half of the
      * float's bits, the low half being zero) */
-    __m512i lo, hi;
-    if (fmt == LMNB_W_Q4_PAIRS) {
+    if (fmt == LMNB_W_Q4_PAIRS) { /* a table of the 16 values' bf16 bits, indexed by word */
+        static const uint16_t bf16_of[32] __attribute__((aligned(64))) = {
+            0x0000, 0x3F80, 0x4000, 0x4040, 0x4080, 0x40A0, 0x40C0, 0x40E0,
+            0x4100, 0x4110, 0x4120, 0x4130, 0x4140, 0x4150, 0x4160, 0x4170};
         const __m512i b = _mm512_cvtepu8_epi32(
             _mm_loadu_si128((const __m128i *)((const uint8_t *)wp + kk / 2 * PANEL)));
-        lo = _mm512_and_si512(b, _mm512_set1_epi32(0xF));
-        hi = _mm512_srli_epi32(b, 4);
-    } else {
-        const int8_t *q = (const int8_t *)wp + kk * PANEL;
-        lo = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q));
-        hi = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + PANEL)));
+        /* low word: the low nibble (bits 12-15 hold the same nibble again: vpermw reads bits
+         * 0-4); high word: the high nibble */
+        const __m512i idx = _mm512_ternarylogic_epi32(b, _mm512_slli_epi32(b, 12),
+                                                      _mm512_set1_epi32(0xF), 0xE4);
+        return (__m512bh)_mm512_permutexvar_epi16(idx, _mm512_load_si512(bf16_of));
     }
+    const int8_t *q = (const int8_t *)wp + kk * PANEL;
+    __m512i lo = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q));
+    __m512i hi = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + PANEL)));
     lo = _mm512_castps_si512(_mm512_cvtepi32_ps(lo));
     hi = _mm512_castps_si512(_mm512_cvtepi32_ps(hi));
     return (__m512bh)_mm512_or_si512(_mm512_srli_epi32(lo, 16), hi);
 }
 
 static inline __attribute__((always_inline)) void tile_q_pairs(
-    int rows, int fmt, const uint8_t *x, int64_t k, const void *const wps[NP],
-    const void *const sps[NP], float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
+    int rows, int np, int fmt, const uint8_t *x, int64_t k, const void *const wps[WP],
+    const void *const sps[WP], float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
     const float *bias) {
     const int64_t stride = 2 * k + k / GROUP * 4; /* bytes a row of x */
-    __m512 acc[MR][NP];
+    __m512 acc[MR][WP];
     for (int i = 0; i < rows; i++)
-        for (int p = 0; p < NP; p++) acc[i][p] = _mm512_setzero_ps();
+        for (int p = 0; p < np; p++) acc[i][p] = _mm512_setzero_ps();
     for (int64_t g = 0; g < k / GROUP; g++) {
-        __m512 dot[MR][NP];
+        __m512 dot[MR][WP];
         for (int i = 0; i < rows; i++)
-            for (int p = 0; p < NP; p++) dot[i][p] = _mm512_setzero_ps();
+            for (int p = 0; p < np; p++) dot[i][p] = _mm512_setzero_ps();
         for (int64_t kk = g * GROUP; kk < (g + 1) * GROUP; kk += 2) {
-            __m512bh wv[NP];
-            for (int p = 0; p < NP; p++) wv[p] = q_pair(fmt, wps[p], kk);
+            __m512bh wv[WP];
+            for (int p = 0; p < np; p++) wv[p] = q_pair(fmt, wps[p], kk);
             for (int i = 0; i < rows; i++) {
                 int32_t pair;
                 memcpy(&pair, x + i * stride + kk * 2, sizeof pair);
                 const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
-                for (int p = 0; p < NP; p++) dot[i][p] = _mm512_dpbf16_ps(dot[i][p], xv, wv[p]);
+                for (int p = 0; p < np; p++) dot[i][p] = _mm512_dpbf16_ps(dot[i][p], xv, wv[p]);
             }
         }
-        for (int p = 0; p < NP; p++) {
+        for (int p = 0; p < np; p++) {
             if (fmt == LMNB_W_Q4_PAIRS) {
                 const uint16_t *s = (const uint16_t *)sps[p] + g * 2 * PANEL;
                 const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
@@ -503,34 +531,25 @@ static inline __attribute__((always_inline)) void tile_q_pairs(
             }
         }
     }
-    store_tile(rows, acc, y, ldy, row0, col0, n, bias);
+    store_tile(rows, np, acc, y, ldy, row0, col0, n, bias);
 }
 
 static void tile_q_pairs_rows(int rows, int fmt, const uint8_t *x, int64_t k,
-                              const void *const wps[NP], const void *const sps[NP], float *y,
+                              const void *const wps[WP], const void *const sps[WP], float *y,
                               int64_t ldy, int64_t row0, int64_t col0, int64_t n,
                               const float *bias) {
-#define Q_PAIRS(r, f) tile_q_pairs(r, f, x, k, wps, sps, y, ldy, row0, col0, n, bias)
-    if (fmt == LMNB_W_Q4_PAIRS) {
-        switch (rows) {
-        case 6: Q_PAIRS(6, LMNB_W_Q4_PAIRS); break;
-        case 5: Q_PAIRS(5, LMNB_W_Q4_PAIRS); break;
-        case 4: Q_PAIRS(4, LMNB_W_Q4_PAIRS); break;
-        case 3: Q_PAIRS(3, LMNB_W_Q4_PAIRS); break;
-        case 2: Q_PAIRS(2, LMNB_W_Q4_PAIRS); break;
-        default: Q_PAIRS(1, LMNB_W_Q4_PAIRS); break;
-        }
-    } else {
-        switch (rows) {
-        case 6: Q_PAIRS(6, LMNB_W_Q8_PAIRS); break;
-        case 5: Q_PAIRS(5, LMNB_W_Q8_PAIRS); break;
-        case 4: Q_PAIRS(4, LMNB_W_Q8_PAIRS); break;
-        case 3: Q_PAIRS(3, LMNB_W_Q8_PAIRS); break;
-        case 2: Q_PAIRS(2, LMNB_W_Q8_PAIRS); break;
-        default: Q_PAIRS(1, LMNB_W_Q8_PAIRS); break;
-        }
-    }
-#undef Q_PAIRS
+#define CALL4(r) tile_q_pairs(r, NP, LMNB_W_Q4_PAIRS, x, k, wh, sh, y, ldy, row0, ch, n, bias)
+#define WIDE4(r) tile_q_pairs(r, WP, LMNB_W_Q4_PAIRS, x, k, wps, sps, y, ldy, row0, col0, n, bias)
+#define CALL8(r) tile_q_pairs(r, NP, LMNB_W_Q8_PAIRS, x, k, wh, sh, y, ldy, row0, ch, n, bias)
+#define WIDE8(r) tile_q_pairs(r, WP, LMNB_W_Q8_PAIRS, x, k, wps, sps, y, ldy, row0, col0, n, bias)
+    if (fmt == LMNB_W_Q4_PAIRS)
+        BY_ROWS(CALL4, WIDE4);
+    else
+        BY_ROWS(CALL8, WIDE8);
+#undef CALL4
+#undef WIDE4
+#undef CALL8
+#undef WIDE8
 }
 #endif
 
@@ -559,36 +578,36 @@ void lmnb_pack_pairs(const float *w, int64_t n, int64_t k, uint16_t *dst) {
             }
 }
 
-/* A tile of up to MR rows of x (fp32, or bf16 for the pair path) against NP panels (wps) and
+/* A tile of up to MR rows of x (fp32, or bf16 for the pair path) against WP panels (wps) and
  * their scales (sps, quantized formats); mode: the bf16 flag of the chain tiles, the format of
  * the quantized ones; group: k per scale. */
-typedef void (*TileFn)(int rows, const void *x, int64_t k, int64_t group, const void *const wps[NP],
-                       const void *const sps[NP], int mode, float *y, int64_t ldy, int64_t row0,
+typedef void (*TileFn)(int rows, const void *x, int64_t k, int64_t group, const void *const wps[WP],
+                       const void *const sps[WP], int mode, float *y, int64_t ldy, int64_t row0,
                        int64_t col0, int64_t n, const float *bias);
 
 static void chain_tiles(int rows, const void *x, int64_t k, int64_t group,
-                        const void *const wps[NP], const void *const sps[NP], int bf16, float *y,
+                        const void *const wps[WP], const void *const sps[WP], int bf16, float *y,
                         int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
     (void)group; (void)sps;
     tile_rows(rows, (const float *)x, k, wps, bf16, y, ldy, row0, col0, n, bias);
 }
 
 static void quant_tiles(int rows, const void *x, int64_t k, int64_t group,
-                        const void *const wps[NP], const void *const sps[NP], int fmt, float *y,
+                        const void *const wps[WP], const void *const sps[WP], int fmt, float *y,
                         int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
     qtile_rows(rows, fmt, (const float *)x, k, group, wps, sps, y, ldy, row0, col0, n, bias);
 }
 
 #ifdef __AVX512BF16__
 static void q_pair_tiles(int rows, const void *x, int64_t k, int64_t group,
-                         const void *const wps[NP], const void *const sps[NP], int fmt, float *y,
+                         const void *const wps[WP], const void *const sps[WP], int fmt, float *y,
                          int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
     (void)group;
     tile_q_pairs_rows(rows, fmt, (const uint8_t *)x, k, wps, sps, y, ldy, row0, col0, n, bias);
 }
 
 static void pair_tiles(int rows, const void *x, int64_t k, int64_t group,
-                       const void *const wps[NP], const void *const sps[NP], int bf16, float *y,
+                       const void *const wps[WP], const void *const sps[WP], int bf16, float *y,
                        int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
     (void)group; (void)sps; (void)bf16;
     tile_pairs_rows(rows, (const uint16_t *)x, k, wps, y, ldy, row0, col0, n, bias);
@@ -616,9 +635,9 @@ static void all_tiles(TileFn fn, int mode, const void *x, int64_t x_row, int64_t
         for (int64_t cb = 0; cb < col_blocks; cb++) {
             const int64_t p_end = (cb + 1) * COL_BLOCK < panels ? (cb + 1) * COL_BLOCK : panels;
             const int64_t r_end = (rb + 1) * ROW_BLOCK < m ? (rb + 1) * ROW_BLOCK : m;
-            for (int64_t p = cb * COL_BLOCK; p < p_end; p += NP) {
-                const void *wps[NP], *sps[NP];
-                for (int q = 0; q < NP; q++) { /* a missing last panel reads a real one */
+            for (int64_t p = cb * COL_BLOCK; p < p_end; p += WP) {
+                const void *wps[WP], *sps[WP];
+                for (int q = 0; q < WP; q++) { /* a missing last panel reads a real one */
                     const int64_t pp = p + q < panels ? p + q : p;
                     wps[q] = (const char *)w.data + pp * w.w_panel;
                     sps[q] = w.scales ? (const char *)w.scales + pp * w.s_panel : NULL;
