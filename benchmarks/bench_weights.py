@@ -15,6 +15,10 @@ model (SmolLM2-135M-Instruct, whose GGUF ships Q4_1 layers and a Q8_0 embedding)
                also prefills its prompts), the formats of one dtype timed in turns, best of
                the repeats (noise on a shared machine only adds time)
   bytes        the weight bytes one decode step reads (every matrix once, lm_head included)
+  kernels      each packed format's matrix product alone (a 16384 x 4096 weight, larger than
+               the caches: GB/s of weight read and GMAC/s, 1 and 8 rows, best of rounds in
+               turns) beside the machine's memory bandwidth (`roofline.memory_bandwidth`:
+               copy, triad and read-only sum over 512 MB arrays, every core)
 
 Every engine runs the exact (batch-invariant) kernels where they build; the run says so.
 Prints a table (Markdown with --markdown) and writes benchmarks/results/weights.json with the
@@ -36,8 +40,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, when run as a script
 
 from common import log, machine_info, markdown_grid, print_grid, time_interleaved, write_json  # noqa: E402, I001
+from roofline import memory_bandwidth  # noqa: E402
 
-from lmnb.runtime import Engine  # noqa: E402
+import torch  # noqa: E402
+
+from lmnb.runtime import Engine, cpu_kernels  # noqa: E402
+from lmnb.runtime.linear import quantize_int8  # noqa: E402
 
 FORMATS = ("q4", "int8", "bf16", "fp32")
 DTYPES = ("float32", "bfloat16")
@@ -182,6 +190,49 @@ def measure_group(configs: list[Config], ref: dict[str, Any], args: argparse.Nam
         cfg.stop()
 
 
+def kernel_formats(native: cpu_kernels.NativeKernels, n: int, k: int,
+                   ) -> dict[str, cpu_kernels.PackedWeight]:
+    """One random weight [n, k] in every packed format (the same values where exact)."""
+    gen = torch.Generator().manual_seed(0)
+    q4 = cpu_kernels.random_blocks("Q4_1", n, k, gen)
+    q8 = cpu_kernels.random_blocks("Q8_0", n, k, gen)
+    out = {"q4 (fp32 chain)": native.pack_gguf("Q4_1", q4, n, k),
+           "q8 (fp32 chain)": native.pack_gguf("Q8_0", q8, n, k)}
+    if native.bf16_pairs:
+        out["q4 pairs (bf16 dot)"] = native.pack_gguf("Q4_1", q4, n, k, pairs=True)
+        out["q8 pairs (bf16 dot)"] = native.pack_gguf("Q8_0", q8, n, k, pairs=True)
+    values = native.dequantize(out["q4 (fp32 chain)"])
+    out["int8 (fp32 chain)"] = native.pack_int8(*quantize_int8(values))
+    if native.bf16_pairs:
+        out["bf16 pairs (bf16 dot)"] = native.pack(values, None, torch.bfloat16)
+    out["bf16 (widened)"] = native.pack(values, None, torch.bfloat16, pairs=False)
+    out["fp32"] = native.pack(values, None, torch.float32)
+    return out
+
+
+def measure_kernels(args: argparse.Namespace) -> dict[str, Any]:
+    native = cpu_kernels.load()
+    if native is None:
+        log(f"kernels: skipped ({cpu_kernels.status()})")
+        return {"skipped": cpu_kernels.status()}
+    log("kernels: memory bandwidth, then each format's product")
+    bandwidth = memory_bandwidth(128 if args.quick else 512, 3 if args.quick else 5)
+    n, k = 16384, 4096
+    weights = kernel_formats(native, n, k)
+    out: dict[str, Any] = {"bandwidth": bandwidth, "shape": [n, k],
+                           "threads": torch.get_num_threads(), "rows": {}}
+    for rows in (1, 8):
+        x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)).bfloat16()
+        fns = {name: (lambda w=w, x=x: native.linear(x, w)) for name, w in weights.items()}
+        timings = time_interleaved(fns, 5 if args.quick else 20)
+        out["rows"][rows] = {name: {
+            "ms": 1e3 * t.best, "weight_mb": w.nbytes / 1e6,
+            "bits_per_weight": 8 * w.nbytes / (n * k), "gbs": w.nbytes / t.best / 1e9,
+            "gmacs": rows * n * k / t.best / 1e9} for (name, t), w in
+            zip(timings.items(), weights.values())}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats and tokens")
@@ -193,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache-tokens", type=int, default=4096)
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--name", default="weights", help="results file name")
+    ap.add_argument("--no-kernels", action="store_true", help="skip the kernel measurements")
     args = ap.parse_args(argv)
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.new_tokens = args.new_tokens or (16 if args.quick else 64)
@@ -205,15 +257,37 @@ def main(argv: list[str] | None = None) -> None:
     ref = Config(*REFERENCE)
     groups = {d: [Config(f, d) for f in formats if (f, d) != REFERENCE] for d in dtypes}
     groups.setdefault("float32", []).insert(0, ref)  # the reference, timed with its dtype
+    kernels = {} if args.no_kernels else measure_kernels(args)
     shared: dict[str, Any] = {}
     for dtype in sorted(groups, key=lambda d: d != "float32"):  # the reference's group first
         measure_group(groups[dtype], shared, args)
     configs = [c for d in groups.values() for c in d]
-    report(configs, ref, shared["text_ids"], args)
+    report(configs, ref, shared["text_ids"], kernels, args)
 
 
-def report(configs: list[Config], ref: Config, text_ids: list[int],
+def report_kernels(kernels: dict[str, Any], markdown: bool) -> None:
+    if "rows" not in kernels:
+        return
+    bw = kernels["bandwidth"]
+    n, k = kernels["shape"]
+    header = ["format", "bits/weight", "1 row (ms)", "1 row (GB/s)", "8 rows (ms)",
+              "8 rows (GMAC/s)"]
+    one, eight = kernels["rows"][1], kernels["rows"][8]
+    lines = [[name, f"{r['bits_per_weight']:.2f}", f"{r['ms']:.3f}", f"{r['gbs']:.1f}",
+              f"{eight[name]['ms']:.3f}", f"{eight[name]['gmacs']:.1f}"]
+             for name, r in one.items()]
+    caption = (f"weight [{n}, {k}], {kernels['threads']} threads; memory: copy "
+               f"{bw['copy_gbs']:.1f}, triad {bw['triad_gbs']:.1f}, read {bw['read_gbs']:.1f} "
+               f"GB/s")
+    print_grid("kernels", header, lines, caption)
+    if markdown:
+        print(markdown_grid(header, lines))
+        print(f"\n{caption}\n")
+
+
+def report(configs: list[Config], ref: Config, text_ids: list[int], kernels: dict[str, Any],
            args: argparse.Namespace) -> None:
+    report_kernels(kernels, args.markdown)
     header = ["config", "weights read/step (MB)", "perplexity", "vs fp32 ref",
               "greedy tokens equal", "prompts equal", "decode b1 (tok/s)", "decode b8 (tok/s)"]
     lines = []
@@ -238,7 +312,7 @@ def report(configs: list[Config], ref: Config, text_ids: list[int],
         "machine": info, "reference": ref.name, "text_tokens": len(text_ids),
         "prompts": len(QUESTIONS), "agree_tokens": args.agree_tokens,
         "new_tokens": args.new_tokens, "repeats": args.repeats,
-        "results": [c.result for c in configs]})
+        "results": [c.result for c in configs], "kernels": kernels})
     log(f"wrote {path}")
 
 
