@@ -141,12 +141,14 @@ static double now(void) {
 static void rms_norm_row(const float *x, const float *weight, int64_t hidden, float eps,
                          int bf16, float *out) {
     float lanes[LANES] = {0};
-    for (int64_t i = 0; i < hidden; i += LANES)
-        for (int l = 0; l < LANES && i + l < hidden; l++) lanes[l] += x[i + l] * x[i + l];
+    int64_t i = 0;
+    for (; i + LANES <= hidden; i += LANES)
+        for (int l = 0; l < LANES; l++) lanes[l] += x[i + l] * x[i + l];
+    for (int l = 0; i + l < hidden; l++) lanes[l] += x[i + l] * x[i + l];
     for (int width = LANES / 2; width >= 1; width /= 2)
         for (int l = 0; l < width; l++) lanes[l] += lanes[l + width];
     const float inv = 1.0f / sqrtf(lanes[0] / (float)hidden + eps);
-    for (int64_t i = 0; i < hidden; i++) {
+    for (i = 0; i < hidden; i++) {
         const float y = bf16 ? round_bf16(x[i] * inv) : x[i] * inv;
         out[i] = bf16 ? round_bf16(weight[i] * y) : weight[i] * y;
     }
