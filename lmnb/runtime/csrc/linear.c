@@ -35,8 +35,9 @@
 #define WP 4     /* panels a tile call covers: up to 2 rows take all 4 at once (more chains in
                   * flight: one or two rows are otherwise bound by the FMA latency) */
 #define MR 6     /* rows a tile covers */
+#define MR_PAIRS 8 /* rows a tile of the quantized pair formats covers */
 #define COL_BLOCK 4 /* panels a work item covers */
-#define ROW_BLOCK 48 /* rows a work item covers (a multiple of MR) */
+#define ROW_BLOCK 48 /* rows a work item covers (a multiple of MR and MR_PAIRS) */
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
@@ -45,7 +46,7 @@ static inline float bf16_to_f32(uint16_t h) {
     return f;
 }
 
-#define GROUP 32 /* k a quantized span covers: the GGUF's block; Q4 and Q8 scales change per group */
+#define GROUP 32 /* k a quantized span covers: the GGUF's block (Q4 and Q8 scales: one a group) */
 
 /* IEEE half -> float, exactly (every half is a float). */
 static inline float half_to_f32(uint16_t h) {
@@ -140,8 +141,8 @@ static inline __m512 load_panel(const void *wp, int64_t kk, int bf16) {
     return _mm512_loadu_ps((const float *)wp + kk * PANEL);
 }
 
-static inline void store_tile(int rows, int np, __m512 acc[MR][WP], float *y, int64_t ldy, int64_t row0,
-                              int64_t col0, int64_t n, const float *bias) {
+static inline void store_tile(int rows, int np, __m512 acc[MR][WP], float *y, int64_t ldy,
+                              int64_t row0, int64_t col0, int64_t n, const float *bias) {
     for (int i = 0; i < rows; i++)
         for (int p = 0; p < np; p++) {
             float out[PANEL];
@@ -337,7 +338,8 @@ static void dequant_span(int fmt, const void *wp, const void *sp, int64_t group,
             const __m256i low = _mm256_set1_epi32(0xF);
             const uint8_t *q = (const uint8_t *)wp + k0 / 2 * PANEL + 8 * h;
             for (int64_t i = 0; i < len / 2; i++) {
-                const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + i * PANEL)));
+                const __m256i b =
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + i * PANEL)));
                 const __m256 q0 = _mm256_cvtepi32_ps(_mm256_and_si256(b, low));
                 const __m256 q1 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
                 _mm256_store_ps(buf + 2 * i * PANEL + 8 * h, _mm256_fmadd_ps(d, q0, m));
@@ -348,7 +350,8 @@ static void dequant_span(int fmt, const void *wp, const void *sp, int64_t group,
         const __m256 s = _mm256_loadu_ps((const float *)sp + (k0 / group) * PANEL + 8 * h);
         const int8_t *q = (const int8_t *)wp + k0 * PANEL + 8 * h;
         for (int64_t i = 0; i < len; i++) {
-            const __m256i b = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + i * PANEL)));
+            const __m256i b =
+                _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + i * PANEL)));
             _mm256_store_ps(buf + i * PANEL + 8 * h, _mm256_mul_ps(s, _mm256_cvtepi32_ps(b)));
         }
     }
@@ -430,8 +433,8 @@ static void qtile_rows(int rows, int fmt, const float *x, int64_t k, int64_t gro
  * per instruction of the fp32 chain; the bits differ from it (another arithmetic), but depend
  * on nothing but the row, like it. */
 static inline __attribute__((always_inline)) void tile_pairs(
-    int rows, int np, const uint16_t *x, int64_t k, const void *const wps[WP], float *y, int64_t ldy,
-    int64_t row0, int64_t col0, int64_t n, const float *bias) {
+    int rows, int np, const uint16_t *x, int64_t k, const void *const wps[WP], float *y,
+    int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
     __m512 acc[MR][WP];
     for (int i = 0; i < rows; i++)
         for (int p = 0; p < np; p++) acc[i][p] = _mm512_setzero_ps();
@@ -497,11 +500,13 @@ static inline __attribute__((always_inline)) void tile_q_pairs(
     const void *const sps[WP], float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
     const float *bias) {
     const int64_t stride = 2 * k + k / GROUP * 4; /* bytes a row of x */
-    __m512 acc[MR][WP];
+    /* the chains' running values live in memory (touched once a group), so that the dot
+     * products of up to MR_PAIRS rows fit the registers and a weight is decoded once */
+    float acc[MR_PAIRS][WP][PANEL] __attribute__((aligned(64)));
     for (int i = 0; i < rows; i++)
-        for (int p = 0; p < np; p++) acc[i][p] = _mm512_setzero_ps();
+        for (int p = 0; p < np; p++) _mm512_store_ps(acc[i][p], _mm512_setzero_ps());
     for (int64_t g = 0; g < k / GROUP; g++) {
-        __m512 dot[MR][WP];
+        __m512 dot[MR_PAIRS][WP];
         for (int i = 0; i < rows; i++)
             for (int p = 0; p < np; p++) dot[i][p] = _mm512_setzero_ps();
         for (int64_t kk = g * GROUP; kk < (g + 1) * GROUP; kk += 2) {
@@ -522,34 +527,57 @@ static inline __attribute__((always_inline)) void tile_q_pairs(
                 for (int i = 0; i < rows; i++) {
                     float sx;
                     memcpy(&sx, x + i * stride + 2 * k + g * 4, sizeof sx);
-                    acc[i][p] = _mm512_fmadd_ps(m, _mm512_set1_ps(sx), acc[i][p]);
-                    acc[i][p] = _mm512_fmadd_ps(d, dot[i][p], acc[i][p]);
+                    __m512 a = _mm512_load_ps(acc[i][p]);
+                    a = _mm512_fmadd_ps(m, _mm512_set1_ps(sx), a);
+                    _mm512_store_ps(acc[i][p], _mm512_fmadd_ps(d, dot[i][p], a));
                 }
             } else {
                 const __m512 d = _mm512_loadu_ps((const float *)sps[p] + g * PANEL);
-                for (int i = 0; i < rows; i++) acc[i][p] = _mm512_fmadd_ps(d, dot[i][p], acc[i][p]);
+                for (int i = 0; i < rows; i++)
+                    _mm512_store_ps(acc[i][p],
+                                    _mm512_fmadd_ps(d, dot[i][p], _mm512_load_ps(acc[i][p])));
             }
         }
     }
-    store_tile(rows, np, acc, y, ldy, row0, col0, n, bias);
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < np; p++)
+            for (int j = 0; j < PANEL; j++)
+                store(y, ldy, row0 + i, col0 + p * PANEL + j, n, acc[i][p][j], bias);
 }
 
+/* rows <= 2: all WP panels at once; up to MR_PAIRS rows: NP panels a pass. */
 static void tile_q_pairs_rows(int rows, int fmt, const uint8_t *x, int64_t k,
                               const void *const wps[WP], const void *const sps[WP], float *y,
                               int64_t ldy, int64_t row0, int64_t col0, int64_t n,
                               const float *bias) {
-#define CALL4(r) tile_q_pairs(r, NP, LMNB_W_Q4_PAIRS, x, k, wh, sh, y, ldy, row0, ch, n, bias)
-#define WIDE4(r) tile_q_pairs(r, WP, LMNB_W_Q4_PAIRS, x, k, wps, sps, y, ldy, row0, col0, n, bias)
-#define CALL8(r) tile_q_pairs(r, NP, LMNB_W_Q8_PAIRS, x, k, wh, sh, y, ldy, row0, ch, n, bias)
-#define WIDE8(r) tile_q_pairs(r, WP, LMNB_W_Q8_PAIRS, x, k, wps, sps, y, ldy, row0, col0, n, bias)
-    if (fmt == LMNB_W_Q4_PAIRS)
-        BY_ROWS(CALL4, WIDE4);
-    else
-        BY_ROWS(CALL8, WIDE8);
-#undef CALL4
-#undef WIDE4
-#undef CALL8
-#undef WIDE8
+#define ROWS(r, f)                                                                           \
+    do {                                                                                     \
+        if ((r) <= 2) {                                                                      \
+            tile_q_pairs(r, WP, f, x, k, wps, sps, y, ldy, row0, col0, n, bias);             \
+            break;                                                                           \
+        }                                                                                    \
+        for (int h = 0; h < WP; h += NP)                                                     \
+            tile_q_pairs(r, NP, f, x, k, wps + h, sps + h, y, ldy, row0, col0 + h * PANEL,   \
+                         n, bias);                                                           \
+    } while (0)
+#define FORMAT(f)                                                                            \
+    switch (rows) { /* a constant row count per case: the dot products in registers */       \
+    case 8: ROWS(8, f); break;                                                               \
+    case 7: ROWS(7, f); break;                                                               \
+    case 6: ROWS(6, f); break;                                                               \
+    case 5: ROWS(5, f); break;                                                               \
+    case 4: ROWS(4, f); break;                                                               \
+    case 3: ROWS(3, f); break;                                                               \
+    case 2: ROWS(2, f); break;                                                               \
+    default: ROWS(1, f); break;                                                              \
+    }
+    if (fmt == LMNB_W_Q4_PAIRS) {
+        FORMAT(LMNB_W_Q4_PAIRS);
+    } else {
+        FORMAT(LMNB_W_Q8_PAIRS);
+    }
+#undef FORMAT
+#undef ROWS
 }
 #endif
 
@@ -625,8 +653,9 @@ typedef struct Panels {
 
 /* Every tile of y [m, n], work items of ROW_BLOCK rows x COL_BLOCK panels over the threads.
  * x_row: the bytes of one row of x. */
-static void all_tiles(TileFn fn, int mode, const void *x, int64_t x_row, int64_t m, int64_t k,
-                      Panels w, int64_t n, const float *bias, float *y, int num_threads) {
+static void all_tiles(TileFn fn, int mode, int mr, const void *x, int64_t x_row, int64_t m,
+                      int64_t k, Panels w, int64_t n, const float *bias, float *y,
+                      int num_threads) {
     const int64_t panels = (n + PANEL - 1) / PANEL;
     const int64_t col_blocks = (panels + COL_BLOCK - 1) / COL_BLOCK;
     const int64_t row_blocks = (m + ROW_BLOCK - 1) / ROW_BLOCK;
@@ -642,8 +671,8 @@ static void all_tiles(TileFn fn, int mode, const void *x, int64_t x_row, int64_t
                     wps[q] = (const char *)w.data + pp * w.w_panel;
                     sps[q] = w.scales ? (const char *)w.scales + pp * w.s_panel : NULL;
                 }
-                for (int64_t r = rb * ROW_BLOCK; r < r_end; r += MR) {
-                    const int rows = r_end - r < MR ? (int)(r_end - r) : MR;
+                for (int64_t r = rb * ROW_BLOCK; r < r_end; r += mr) {
+                    const int rows = r_end - r < mr ? (int)(r_end - r) : mr;
                     /* columns of a duplicated panel are past n or written twice identically */
                     fn(rows, (const char *)x + r * x_row, k, w.group, wps, sps, mode, y, n, r,
                        p * PANEL, n, bias);
@@ -661,7 +690,7 @@ static Panels dense_panels(const void *packed, int64_t k, int elem_bytes) {
 int lmnb_linear_pairs(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed,
                       int64_t n, const float *bias, float *y, int num_threads) {
 #ifdef __AVX512BF16__
-    all_tiles(pair_tiles, 1, x, 2 * k, m, k, dense_panels(packed, k, 2), n, bias, y,
+    all_tiles(pair_tiles, 1, MR, x, 2 * k, m, k, dense_panels(packed, k, 2), n, bias, y,
               num_threads);
     return 0;
 #else
@@ -673,8 +702,8 @@ int lmnb_linear_pairs(const uint16_t *x, int64_t m, int64_t k, const uint16_t *p
 /* y [m, n] = x [m, k] @ w.T (+ bias), w packed by lmnb_pack_weight. */
 void lmnb_linear(const float *x, int64_t m, int64_t k, const void *packed, int bf16, int64_t n,
                  const float *bias, float *y, int num_threads) {
-    all_tiles(chain_tiles, bf16, x, 4 * k, m, k, dense_panels(packed, k, bf16 ? 2 : 4), n, bias,
-              y, num_threads);
+    all_tiles(chain_tiles, bf16, MR, x, 4 * k, m, k, dense_panels(packed, k, bf16 ? 2 : 4), n,
+              bias, y, num_threads);
 }
 
 /* Reference: the same chain element by element, no tiles (for tests). */
@@ -821,7 +850,8 @@ int lmnb_dequantize(const LmnbWeight *w, float *out) {
             } else if (w->format == LMNB_W_BF16) {
                 v = bf16_to_f32(((const uint16_t *)w->data)[(p * k + kk) * PANEL + j]);
             } else { /* pairs: [p][k/2][16][2] */
-                v = bf16_to_f32(((const uint16_t *)w->data)[((p * (k / 2) + kk / 2) * PANEL + j) * 2 + kk % 2]);
+                const int64_t at = ((p * (k / 2) + kk / 2) * PANEL + j) * 2 + kk % 2;
+                v = bf16_to_f32(((const uint16_t *)w->data)[at]);
             }
             out[c * k + kk] = v;
         }
@@ -878,7 +908,7 @@ int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int 
 #ifdef __AVX512BF16__
         uint8_t *rows = pair_rows(x, m, w->k);
         if (!rows) return 1;
-        all_tiles(q_pair_tiles, w->format, rows, 2 * w->k + w->k / GROUP * 4, m, w->k,
+        all_tiles(q_pair_tiles, w->format, MR_PAIRS, rows, 2 * w->k + w->k / GROUP * 4, m, w->k,
                   quant_panels(w), w->n, w->bias, y, num_threads);
         free(rows);
         return 0;
@@ -887,8 +917,8 @@ int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int 
 #endif
     }
     default:
-        all_tiles(quant_tiles, w->format, x, 4 * w->k, m, w->k, quant_panels(w), w->n, w->bias,
-                  y, num_threads);
+        all_tiles(quant_tiles, w->format, MR, x, 4 * w->k, m, w->k, quant_panels(w), w->n,
+                  w->bias, y, num_threads);
         return 0;
     }
 }
