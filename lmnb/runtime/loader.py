@@ -4,7 +4,8 @@ Owns where models come from and the one-time GGUF -> safetensors conversion into
 folder (`LMNB_CACHE`, default `~/.cache/lmnb`), and reading a GGUF's quantized tensors as they
 ship (`gguf_blocks`: the raw Q4_1/Q8_0 blocks, rows in the converted model's order), for
 weights kept quantized. Knows nothing of the forward or the KV pool.
-Run as `python -m lmnb.runtime.loader [MODEL]` to prepare (convert) a model ahead of time.
+Run as `python -m lmnb.runtime.loader [MODEL]` to prepare (convert, and read a GGUF's blocks)
+a model ahead of time.
 """
 
 from __future__ import annotations
@@ -235,6 +236,10 @@ def _unpermute_rows(rows: int, heads: int) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     files = resolve(argv[0] if argv else None)
+    if files.gguf is not None:  # its quantized blocks too, for weights="q4"
+        config = load_config(files.folder)
+        heads = config["num_attention_heads"]
+        gguf_blocks(files.gguf, heads, config.get("num_key_value_heads") or heads)
     print(f"lmnb: model {files.name} ready at {files.folder}")
 
 
