@@ -12,8 +12,9 @@ model (SmolLM2-135M-Instruct, whose GGUF ships Q4_1 layers and a Q8_0 embedding)
                % of prompts whose 32 tokens are all equal
   decode       new tokens/s at batch 1 and 8 (short distinct prompts, `ignore_eos`, a fixed
                number of new tokens, the radix cache flushed before each run, so each run
-               also prefills its prompts), the formats of one dtype timed in turns, best of
-               the repeats (noise on a shared machine only adds time)
+               also prefills its prompts), every configuration timed in turns (all engines
+               alive at once: ~3.5 GB for all eight), best of the repeats (noise on a shared
+               machine only adds time)
   bytes        the weight bytes one decode step reads (every matrix once, lm_head included)
   kernels      each packed format's matrix product alone (a 16384 x 4096 weight, larger than
                the caches: GB/s of weight read and GMAC/s, 1 and 8 rows, best of rounds in
@@ -160,8 +161,8 @@ def decode_fn(engine: Engine, prompts: list[list[int]], new_tokens: int):
 
 
 def measure_group(configs: list[Config], ref: dict[str, Any], args: argparse.Namespace) -> None:
-    """Accuracy of each config against ref["outputs"] (the first config's outputs when not
-    set yet: the reference comes first), then decode timed in turns among them."""
+    """Accuracy of each config against ref["outputs"] (the first config's outputs: the
+    reference comes first), then decode timed in turns among them."""
     for cfg in configs:
         eng = cfg.start(args.cache_tokens)
         ref.setdefault("text_ids", eng.tokenizer.encode(TEXT))
@@ -224,7 +225,7 @@ def measure_kernels(args: argparse.Namespace) -> dict[str, Any]:
     for rows in (1, 8):
         x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)).bfloat16()
         fns = {name: (lambda w=w, x=x: native.linear(x, w)) for name, w in weights.items()}
-        timings = time_interleaved(fns, 5 if args.quick else 20)
+        timings = time_interleaved(fns, 5 if args.quick else 60)
         out["rows"][rows] = {name: {
             "ms": 1e3 * t.best, "weight_mb": w.nbytes / 1e6,
             "bits_per_weight": 8 * w.nbytes / (n * k), "gbs": w.nbytes / t.best / 1e9,
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--agree-tokens", type=int, default=32)
     ap.add_argument("--dtypes", default=",".join(DTYPES))
     ap.add_argument("--formats", default=",".join(FORMATS))
-    ap.add_argument("--cache-tokens", type=int, default=4096)
+    ap.add_argument("--cache-tokens", type=int, default=2048)
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--name", default="weights", help="results file name")
     ap.add_argument("--no-kernels", action="store_true", help="skip the kernel measurements")
@@ -255,13 +256,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"unknown format or dtype: {bad}; formats {FORMATS}, dtypes {DTYPES}")
 
     ref = Config(*REFERENCE)
-    groups = {d: [Config(f, d) for f in formats if (f, d) != REFERENCE] for d in dtypes}
-    groups.setdefault("float32", []).insert(0, ref)  # the reference, timed with its dtype
+    # every engine alive at once, so that all are timed in turns (the reference first)
+    configs = [ref] + [Config(f, d) for d in dtypes for f in formats if (f, d) != REFERENCE]
     kernels = {} if args.no_kernels else measure_kernels(args)
     shared: dict[str, Any] = {}
-    for dtype in sorted(groups, key=lambda d: d != "float32"):  # the reference's group first
-        measure_group(groups[dtype], shared, args)
-    configs = [c for d in groups.values() for c in d]
+    measure_group(configs, shared, args)
     report(configs, ref, shared["text_ids"], kernels, args)
 
 
