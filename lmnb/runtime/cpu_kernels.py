@@ -12,7 +12,8 @@ Kernels (all batch-invariant: a row's or a query's bits never depend on the rest
   `csrc/linear.h`: fp32, bf16 (widened, or pairs on the CPU's bf16 dot product), the GGUF's
   Q4_1 and Q8_0 blocks as they ship (group-32 int4 / int8), per-channel int8; every output
   element is one FMA chain over k, whatever the number of rows (quantized weights are
-  de-quantized exactly, 32 k at a time, into the same chain).
+  de-quantized exactly, 32 k at a time, into the same chain; with bf16 activations the
+  GGUF's blocks take the CPU's bf16 dot product per block instead, `pack_gguf(pairs=True)`).
 - `attention`: one query token at a time over its request's slots in the pool, read in place;
   decode steps and extend steps (a query per new token, causal) share the code (an extend's
   consecutive queries are tiled to share each block of keys, without changing their bits).

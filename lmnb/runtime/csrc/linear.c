@@ -19,7 +19,9 @@
  * the value the file means, since d * q is exact in fp32 for an fp16 d and a 4- or 8-bit q)
  * and runs the same FMA chain over them, so a quantized weight gives the bits of the fp32
  * weight holding its de-quantized values, while a decode step reads 5 (Q4) or 8-9 (int8) bits
- * a weight instead of 16 or 32.
+ * a weight instead of 16 or 32. With bf16 activations on a CPU with the bf16 dot product, the
+ * same Q4 and Q8 panels serve the pair formats (Q4_PAIRS, Q8_PAIRS, tile_q_pairs): per group
+ * of 32 k a chain of pair steps from 0, then the group's scales, in one fixed order.
  */
 #include <stdint.h>
 #include <stdlib.h>
