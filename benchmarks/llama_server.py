@@ -410,10 +410,13 @@ class LlamaServer:
                       ) -> tuple[float, list[dict[str, Any]]]:
         """Every payload at once (one thread each, so up to `parallel` share the slots); the
         wall time from the first send to the last answer, and the answers in order."""
-        with ThreadPoolExecutor(max_workers=max(len(payloads), 1)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(len(payloads), 1))
+        try:
             started = time.perf_counter()
             answers = list(pool.map(lambda p: self.complete(p, timeout), payloads))
             return time.perf_counter() - started, answers
+        finally:  # on Ctrl-C, return at once: stop() ends the requests still running
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def props(self) -> dict[str, Any]:
         try:
