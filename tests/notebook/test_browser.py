@@ -42,8 +42,12 @@ for i, f in enumerate(forks):
     f += assistant(f"Fruit number {i + 1} is" + gen("fruit", max_tokens=24, stop="\\n"))
 forks.join()
 s += user("Which one is the sweetest?")
-s += assistant(gen("sweetest", max_tokens=24))
-"""
+s += assistant(gen("sweetest", max_tokens=48))
+s += user("And which one is the most sour?")
+s += assistant(gen("sourest", max_tokens=48))
+s += user("Name a dessert made with it.")
+s += assistant(gen("dessert", max_tokens=48))
+"""  # several turns, so that a fast runtime still shows the tree growing in steps
 
 pytestmark = pytest.mark.slow
 
