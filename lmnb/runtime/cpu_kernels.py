@@ -292,9 +292,20 @@ class NativeKernels:
         if any(t.dtype != torch.int64 or not t.is_contiguous()
                for t in (ids, out_slots, rows, lens, logit_index, table)):
             raise ValueError("the forward's index tensors must be contiguous int64")
+        c = model.c
         if k_pool.dtype != v_pool.dtype or k_pool.dtype not in (torch.float32, torch.bfloat16) \
-                or not (k_pool.is_contiguous() and v_pool.is_contiguous()):
-            raise ValueError("the forward needs contiguous fp32 or bf16 pools of one dtype")
+                or not (k_pool.is_contiguous() and v_pool.is_contiguous()) \
+                or k_pool.shape != v_pool.shape or k_pool.shape[0] != c.num_layers \
+                or k_pool.shape[2:] != (c.kv_heads, c.head_dim):
+            raise ValueError("the forward needs contiguous fp32 or bf16 pools of one dtype, "
+                             "[layers, slots, kv_heads, head_dim] of this model")
+        # the C code trusts every index and size: a bad one raises here, not a stray write
+        bounds = ((ids, 0, c.vocab), (out_slots, 0, k_pool.shape[1]),
+                  (rows, 0, len(table)), (lens, 1, table.shape[1] + 1), (logit_index, 0, n))
+        if len(logit_index) > n or any(len(t) != n for t in (out_slots, rows, lens)) or any(
+                t.shape != (n, c.head_dim // 2) for t in (cos, sin)) or any(
+                len(t) and not lo <= int(t.min()) <= int(t.max()) < hi for t, lo, hi in bounds):
+            raise IndexError("the forward's indices or sizes are out of range")
         cos, sin = (t.float().contiguous() for t in (cos, sin))
         need = self._forward_work(ctypes.byref(model.c), n)
         if model.work.numel() < need:

@@ -79,6 +79,23 @@ def test_tiny_models_match_the_torch_runner_and_transformers(name, dtype) -> Non
         assert (got - ref).abs().max().item() <= 5e-2
 
 
+def test_bad_indices_raise_instead_of_writing_astray() -> None:
+    torch.manual_seed(0)
+    hf_cfg = _tiny_configs()["qwen2-bias"]
+    model = LlamaModel(ModelConfig.from_hf(hf_cfg.to_dict()),
+                       AutoModelForCausalLM.from_config(hf_cfg).state_dict(), torch.float32, CPU,
+                       native=cpu_kernels.load())
+    pool = KVPool(2, 16, 2, 16, torch.float32, CPU)
+    table = ReqToToken(2, 8, CPU)
+    for ids, slots, start in (([101], [1], 0), ([5], [16], 0), ([5], [1], 8)):
+        batch = ForwardBatch.build(False, [0], [start], [ids], [slots], [[0]], CPU)
+        with pytest.raises(IndexError):
+            model.forward(batch, pool, table.table)
+    with pytest.raises(ValueError, match="pools"):
+        model.forward(ForwardBatch.build(False, [0], [0], [[5]], [[1]], [[0]], CPU),
+                      KVPool(3, 16, 2, 16, torch.float32, CPU), table.table)
+
+
 def test_default_model_logits_match_the_torch_runner_and_transformers(hf_fp32,
                                                                       tokenizer) -> None:
     files = loader.resolve(None)
