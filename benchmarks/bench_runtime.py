@@ -1296,6 +1296,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sy.shutdown()
     info["load_average_end"] = list(os.getloadavg())
+    info["load_warning"] = load_warning(info, results)
     if machine is not None:  # measured again at the end: the higher of the two counts
         seconds, again = time_once(lambda: rf.measure_machine(args.quick),
                                    "roofline: bandwidth and GEMM peak, again")
@@ -1310,9 +1311,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def load_warning(info: dict[str, Any], results: dict[str, Any]) -> str:
+    """A line where the machine was busier than its cores during the timed workloads: other
+    work takes cores from the systems, and llama.cpp (whose threads wait for each other at
+    every op) loses far more than the rest."""
+    loads = [info["load_average"][0]] + [r["load_average_after"][0] for w, r in
+                                         results.items() if w != "exactness"
+                                         and "load_average_after" in r]
+    cores = info.get("cpu_cores") or 1
+    if max(loads) <= cores:
+        return ""
+    return (f"WARNING: load average up to {max(loads):.1f} on {cores} cores during the timed "
+            "workloads: other work took cores; the figures understate every system, llama.cpp "
+            "most (its threads wait for each other at every op)")
+
+
 def report(sy: Systems, sizes: Sizes, results: dict[str, Any], rows: list[Row],
            info: dict[str, Any], title: str, args: argparse.Namespace) -> None:
     print(engines_text(info))
+    if info.get("load_warning"):
+        print(info["load_warning"])
     caption = ("best of repeats, systems timed in turns; ratio = lmnb / baseline for tok/s, "
                "baseline / lmnb (speedup) for times, except no shared prefix: lmnb time with / "
                "without the cache; exact = Engine(deterministic=True), the batch-invariant "
