@@ -1105,12 +1105,16 @@ def roof_cell(r: dict[str, float] | None) -> str:
     return f"{r['pct_bandwidth']:.0f}% / {r['pct_peak']:.0f}%"
 
 
+def loads(values: list[float] | None) -> str:
+    return "?" if not values else " ".join(f"{v:.2f}" for v in values)
+
+
 def engines_text(info: dict[str, Any]) -> str:
     lines = [f"CPU: {info['cpu_model']} x{info['cpu_cores']}, native bf16: "
              f"{'yes' if info['native_bf16'] else 'no'}; AMX: {info.get('amx') or 'none'}; "
              f"torch {info['torch_version']}, {info['torch_threads']} threads; kernels: "
-             f"{info['kernels']}; load average {info['load_average']} at the start, "
-             f"{info.get('load_average_end', '?')} at the end; commit "
+             f"{info['kernels']}; load average {loads(info['load_average'])} at the start, "
+             f"{loads(info.get('load_average_end'))} at the end; commit "
              f"{info.get('git_commit', '?')}",
              f"engine weights option: {info['engine_weights'] or 'none (dtype = weights)'}; "
              f"default variant: {info['default_configuration']} "
