@@ -190,9 +190,9 @@ def start_llama(max_tokens_in_cache: int, path: str | None = None, venv: str | N
     found = lcpp.find_server(path, venv)
     if not found.found:
         return None, {"found": False, "message": f"{found.message}; skipping llama.cpp"}
-    # one unified KV buffer as large as lmnb's pool (else each slot gets its share)
+    # each slot its own KV stream, as long as the model's context or lmnb's whole pool
     server = lcpp.LlamaServer(found.binary, loader.default_gguf(), parallel=parallel,
-                              slot_tokens=8192, total_tokens=max_tokens_in_cache)
+                              slot_tokens=min(8192, max_tokens_in_cache))
     try:
         server.start()
     except lcpp.ServerError as exc:

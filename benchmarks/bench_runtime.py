@@ -346,9 +346,12 @@ class Llama:
                  sorted({SLOTS, max(SLOTS, largest)}))
         started = time.perf_counter()
         for parallel in slots:
-            small = replace(sizes, decode_batches=tuple(
-                b for b in sizes.decode_batches if b <= parallel) or (1,))
-            slot, total = small.llama_tokens(workloads)
+            # the smaller server runs everything up to its slots, the larger one only the
+            # decode batches above them (so its per-slot streams stay short)
+            fits = tuple(b for b in sizes.decode_batches if b <= parallel
+                         and (parallel == slots[0] or b > slots[0])) or (1,)
+            runs = workloads if parallel == slots[0] else ["decode"]
+            slot, total = replace(sizes, decode_batches=fits).llama_tokens(runs)
             server = lcpp.LlamaServer(found.binary, gguf, parallel=parallel, slot_tokens=slot,
                                       total_tokens=int(total * 1.25) + 256)
             try:

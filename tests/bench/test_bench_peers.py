@@ -100,7 +100,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 args = sys.argv[1:]
 if "--help" in args:
-    print("--no-repack --kv-unified --no-webui")
+    print("--no-repack --kv-unified, --no-kv-unified --no-webui")
     sys.exit(0)
 if "--no-repack" not in args:
     os.kill(os.getpid(), signal.SIGILL)
@@ -139,10 +139,12 @@ def test_a_start_killed_by_sigill_is_retried_with_no_repack(tmp_path: Path) -> N
     with server:
         assert server.no_repack and "SIGILL" in " ".join(server.notes)
         command = server.command()
-        assert "--no-repack" in command and "--kv-unified" in command
+        assert "--no-repack" in command and "--no-kv-unified" in command
         assert command[command.index("-t") + 1] == "1"
         assert command[command.index("--parallel") + 1] == "2"
-        assert server.n_ctx == 150
+        assert server.n_ctx == 200  # a stream of slot_tokens per slot
+        server.unified = True  # one buffer for all the slots' tokens at once
+        assert server.n_ctx == 150 and "--kv-unified" in server.command()
         got = lcpp.run_batch(server, [[1, 2, 3], [4, 5]], 4)
         assert got["outputs"] == [[7] * 4, [7] * 4]
         assert got["server_s"] == pytest.approx(0.005)
