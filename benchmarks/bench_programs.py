@@ -398,6 +398,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if not args.no_llama:
+        lcpp.exit_on_sigterm()  # so that llama.cpp's server stops with the run
     sizes = wl.QUICK if args.quick else wl.FULL
     hf_sample = args.hf_sample if args.hf_sample is not None else 1
     name = args.name or ("programs_quick" if args.quick else "programs")

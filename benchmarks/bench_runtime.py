@@ -23,8 +23,11 @@ The peers:
                 GGUF as it ships (Q4_1), -t = the cores; batch N = N concurrent requests on
                 N slots, greedy, `ignore_eos`, a fixed
                 `n_predict`, `cache_prompt: false` (nothing reused between repeats, as lmnb's
-                cache is flushed); timed by the server's own timings (the longest request's
-                prompt + generation time; the wall time is kept too). Batches up to 8 run on
+                cache is flushed); timed by the wall time from the first request sent to the
+                last answer, as lmnb and transformers are (the server's own timings, the
+                longest request's prompt_ms + predicted_ms, are kept and noted: they leave out
+                the time a request waits for its turn, e.g. 3 of 4 prompts queued behind the
+                first's prefill, so they flatter it at batch > 1). Batches up to 8 run on
                 a server with 8 slots, larger ones on a second server with as many slots as
                 the largest batch (--llama-parallel N: one server of N slots). Not found:
                 skipped, and the run says how to get it.
@@ -623,7 +626,9 @@ def time_hf_shared(sy: Systems, prompts: list[list[int]], sz: Sizes,
 
 class ServerRuns:
     """A llama.cpp batch as one of `time_interleaved`'s systems: every call runs the prompts
-    as concurrent requests and keeps the server's own time and the wall time."""
+    as concurrent requests; `timing` is the wall time (what counts), `server_timing` the
+    server's own (the longest request's prompt_ms + predicted_ms: no time waiting for a
+    turn)."""
 
     def __init__(self, server: lcpp.LlamaServer, prompts: list[list[int]], n_predict: int,
                  cache_prompt: bool = False) -> None:
@@ -637,17 +642,26 @@ class ServerRuns:
 
     @property
     def timing(self) -> Timing:
+        return Timing([r["wall_s"] for r in self.runs])
+
+    @property
+    def server_timing(self) -> Timing:
         return Timing([r["server_s"] for r in self.runs])
+
+    def note(self, tokens: int) -> str:
+        return (f"wall time; the server's own timings say "
+                f"{tokens / self.server_timing.best:.1f}")
 
     @property
     def outputs(self) -> list[list[int]]:
         return self.runs[-1]["outputs"]
 
     def as_dict(self) -> dict[str, Any]:
-        wall = Timing([r["wall_s"] for r in self.runs])
-        return {"server_timing": self.timing.as_dict(), "wall_timing": wall.as_dict(),
-                "timed_by": "the server's timings: the longest request's prompt_ms + "
-                            "predicted_ms",
+        return {"wall_timing": self.timing.as_dict(),
+                "server_timing": self.server_timing.as_dict(),
+                "timed_by": "wall time, first request sent to last answer (server_timing: "
+                            "the longest request's prompt_ms + predicted_ms, which leaves out "
+                            "the time a request waits for its turn)",
                 "server_counters_last_run": self.runs[-1]["timings"],
                 "cache_prompt": self.cache_prompt}
 
@@ -727,9 +741,10 @@ def matrix_rows(sy: Systems, workload: str, metric: str, unit: str, tps: dict[st
     if isinstance(llama, float):
         best = max(sy.variants, key=lambda v: tps[v.name])
         main = sy.main
+        extra = f"; {notes[LLAMA]}" if notes and notes.get(LLAMA) else ""
         rows.append(Row(f"{workload}, {main.label}", metric, tps[main.name], llama, LLAMA,
                         tps[main.name] / llama, "", None, unit,
-                        f"best lmnb: {best.label} {tps[best.name] / llama:.2f}x"))
+                        f"best lmnb: {best.label} {tps[best.name] / llama:.2f}x{extra}"))
     elif isinstance(llama, str):
         rows.append(Row(f"{workload}, {LLAMA}", metric, None, None, LLAMA, None, "", None,
                         unit, llama))
@@ -769,7 +784,8 @@ def bench_prefill(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
     tps: dict[str, Any] = {name: num_tokens / t.best for name, t in timings.items()}
     tps.update(na)
     rows = matrix_rows(sy, "prefill", f"{sz.prefill_prompts} prompts x {sz.prefill_len} tok",
-                       "tok/s", tps, TARGETS["prefill"])
+                       "tok/s", tps, TARGETS["prefill"],
+                       {LLAMA: runs.note(num_tokens)} if runs is not None else None)
     lens = [len(p) for p in prompts]
     data = {"num_prompts": sz.prefill_prompts, "prompt_len": sz.prefill_len,
             "timings": {name: t.as_dict() for name, t in timings.items()},
@@ -813,9 +829,11 @@ def bench_decode(sy: Systems, text: SyntheticText, sz: Sizes, repeats: int,
         agree_llama = ({v.name: same_outputs(outs[v.name], runs.outputs) for v in sy.variants}
                        if runs is not None else {})
         target = TARGETS["decode32"] if batch == 32 else None
+        notes = {name: f"same greedy as hf {a:.0%}" for name, a in agree.items()}
+        if runs is not None:
+            notes[LLAMA] = runs.note(num_new)
         rows += matrix_rows(sy, "decode", f"batch {batch}, {sz.decode_new} new tok each",
-                            "new tok/s", tps, target,
-                            {name: f"same greedy as hf {a:.0%}" for name, a in agree.items()})
+                            "new tok/s", tps, target, notes)
         lens = [len(p) for p in prompts]
         data[f"batch_{batch}"] = {
             "batch": batch, "prompt_len": sz.decode_prompt_len, "new_tokens": sz.decode_new,
@@ -1237,6 +1255,7 @@ def git_commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    lcpp.exit_on_sigterm()
     workloads = parse_only(args.only, WORKLOADS)
     sizes = QUICK if args.quick else FULL
     name = args.name or ("runtime_quick" if args.quick else "runtime")
@@ -1341,8 +1360,8 @@ def report(sy: Systems, sizes: Sizes, results: dict[str, Any], rows: list[Row],
     caption = ("best of repeats, systems timed in turns; ratio = lmnb / baseline for tok/s, "
                "baseline / lmnb (speedup) for times, except no shared prefix: lmnb time with / "
                "without the cache; exact = Engine(deterministic=True), the batch-invariant "
-               "kernels; torch = deterministic=False, the torch paths; llama.cpp timed by its "
-               "server's own timings")
+               "kernels; torch = deterministic=False, the torch paths; llama.cpp timed by the "
+               "wall time, as the others (its server's own timings in the note)")
     print_table(title, rows, caption)
     where = (f"{info['cpu_model']} x{info['cpu_cores']}, native bf16: "
              f"{'yes' if info['native_bf16'] else 'no'}, load {info['load_average'][0]:.1f}"

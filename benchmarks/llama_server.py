@@ -445,6 +445,15 @@ class LlamaServer:
                 "notes": list(self.notes), "build_info": props.get("build_info")}
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM ends a benchmark as Ctrl-C does, through its `finally`, which stops the
+    servers it started (else they would outlive it)."""
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def get_json(url: str, timeout: float) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
