@@ -8,14 +8,21 @@ frame of the program's own function (`site_in_traceback`). Knows nothing of stat
 A `ProgramError` made from a cause is also an instance of the cause's class (a subclass of both,
 made once per class), so `except ValueError:` around `run()` still catches a `ValueError` the
 body raised, as it does under SGLang; where a class cannot be mixed in, the error only chains it.
+
+How an error looks is the notebook layer's to say, through `presentation` (set by `lmnb.magics`
+when loaded): a label for a source file (`Cell In[10]` for a cell), and IPython's
+`_render_traceback_` hook (the short traceback of the user's own lines). Unset, a site names
+its file and IPython shows its own traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import linecache
 import sys
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import CodeType, MemberDescriptorType, TracebackType
@@ -23,6 +30,20 @@ from typing import Any
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _RUNTIME_DIR = str(Path(_PACKAGE_DIR) / "runtime")
+
+
+@dataclass
+class Presentation:
+    """What the notebook layer tells about showing errors; None where it says nothing."""
+
+    source_label: Callable[[str], str | None] | None = None  # "Cell In[10]" for a cell's file
+    render_traceback: Callable[[ProgramError], list[str]] | None = None  # IPython's hook
+
+    def label(self, filename: str) -> str | None:
+        return self.source_label(filename) if self.source_label is not None else None
+
+
+presentation = Presentation()  # one per process, as IPython's shell is
 
 
 @dataclass(frozen=True)
@@ -36,6 +57,8 @@ class Site:
         return linecache.getline(self.filename, self.lineno).strip()
 
     def __str__(self) -> str:
+        if (label := presentation.label(self.filename)) is not None:
+            return f"{label}, line {self.lineno}"
         return f"{self.filename}:{self.lineno} in {self.function}"
 
 
@@ -46,14 +69,14 @@ class ProgramError(RuntimeError):
 
     def __new__(cls, program: str, site: Site | None, cause: BaseException) -> ProgramError:
         if cls is ProgramError:
-            cls = mixed_class(type(_root_cause(cause)))
+            cls = mixed_class(type(root_cause(cause)))
         try:
             return super().__new__(cls, program, site, cause)
         except TypeError:  # a cause class with its own layout (OSError's family) makes it
             return _layout_base(cls).__new__(cls)
 
     def __init__(self, program: str, site: Site | None, cause: BaseException) -> None:
-        _copy_fields(self, _root_cause(cause))
+        _copy_fields(self, root_cause(cause))
         self.program = program
         self.site = site
         self.cause = cause
@@ -65,6 +88,15 @@ class ProgramError(RuntimeError):
 
     def __str__(self) -> str:  # the message, whatever the mixed-in class would print
         return str(self.args[0]) if self.args else ""
+
+    @property
+    def _render_traceback_(self) -> Callable[[], list[str]]:
+        """IPython's hook for showing an exception: the notebook layer's renderer when one is
+        set (an AttributeError otherwise, so IPython shows its own traceback)."""
+        render = presentation.render_traceback
+        if render is None:
+            raise AttributeError("_render_traceback_")
+        return lambda: render(self)
 
 
 _mixed: dict[type, type] = {}
@@ -99,7 +131,7 @@ def _layout_base(cls: type) -> Any:
                 and "__new__" in vars(k) and k is not RuntimeError)
 
 
-def _root_cause(cause: BaseException) -> BaseException:
+def root_cause(cause: BaseException) -> BaseException:
     """The exception a chain of ProgramErrors started from."""
     while isinstance(cause, ProgramError) and cause.cause is not cause:
         cause = cause.cause
@@ -125,6 +157,18 @@ class MissingVariableError(ProgramError, KeyError):
     """`state[name]` for a variable the program never sets."""
 
 
+def missing_variable(
+    program: str, name: str, variables: Iterable[str], site: Site | None
+) -> MissingVariableError:
+    """The error for `state[name]`: names the state's variables and the closest to `name`."""
+    names = list(variables)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    have = ("the state's variables: " + ", ".join(names)) if names else "the state has none"
+    cause = KeyError(f"variable {name!r} is never set{hint} ({have})")
+    return MissingVariableError(program, site, cause)
+
+
 class RoleError(ValueError):
     """Roles used out of order: a role inside another, or an end without its begin."""
 
@@ -132,7 +176,14 @@ class RoleError(ValueError):
 def _describe(cause: BaseException) -> str:
     if isinstance(cause, ProgramError):
         return str(cause)
-    return f"{type(cause).__name__}: {cause}"
+    return f"{type(cause).__name__}: {message(cause)}"
+
+
+def message(error: BaseException) -> str:
+    """What an exception says (a KeyError's text without the quotes its str() adds)."""
+    if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
+        return error.args[0]
+    return str(error)
 
 
 def _is_ours(filename: str) -> bool:

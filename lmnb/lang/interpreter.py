@@ -24,7 +24,7 @@ from typing import Any
 
 from lmnb.lang.backend.base import Prompt
 from lmnb.lang.control import Cancelled, RunControl, TrackedBackend
-from lmnb.lang.errors import MissingVariableError, ProgramError, Site, call_site
+from lmnb.lang.errors import ProgramError, Site, call_site, missing_variable
 from lmnb.lang.events import EventLog, Segment, StreamRecorder, TokenLedger
 from lmnb.lang.handlers import NodeHandlers
 from lmnb.lang.ir import Expr, Fork, SetVar, flatten
@@ -229,8 +229,7 @@ class StreamExecutor(NodeHandlers):
                     raise self.error
                 no_more = not self._open or threading.current_thread() is self.owner
                 if self._idle() and no_more:
-                    cause = KeyError(f"variable {name!r} is never set")
-                    raise MissingVariableError(self.program, call_site(), cause)
+                    raise missing_variable(self.program, name, self.variables, call_site())
                 self._cond.wait()
 
     def stream_entries(

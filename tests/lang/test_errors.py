@@ -58,7 +58,9 @@ def test_missing_variable():
         reads_missing.run()
     assert isinstance(info.value, KeyError)
     assert info.value.site.lineno == line_of(reads_missing, "<- typo")
-    assert "'greting' is never set" in str(info.value)
+    assert "'greting' is never set; did you mean 'greeting'?" in str(info.value)
+    assert "(the state's variables: greeting)" in str(info.value)
+    assert 'KeyError: "' not in str(info.value)  # the message, not a KeyError's repr of it
 
 
 def test_missing_variable_after_the_run():
@@ -67,8 +69,9 @@ def test_missing_variable_after_the_run():
         s += "Hi"
 
     state = prog.run()
-    with pytest.raises(lm.MissingVariableError):
+    with pytest.raises(lm.MissingVariableError, match="the state has none") as info:
         state["nothing"]
+    assert "did you mean" not in str(info.value)
 
 
 @lm.function
