@@ -8,9 +8,28 @@ already fp32, else a second, smaller engine pinned to fp32.
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 from lmnb.runtime import Engine
+
+# Triton's interpreter is chosen when triton is first imported (its language's helpers are
+# defined then), so it is set here, before any test imports triton: without a GPU, the Triton
+# kernels' tests run interpreted on the CPU; with one, compiled on it.
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`@pytest.mark.gpu` tests are skipped where no CUDA GPU is at hand."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (benchmarks/gpu_check.py runs these)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +41,6 @@ def engine() -> Engine:
 
 @pytest.fixture(scope="session")
 def engine_fp32(engine: Engine) -> Engine:
-    import torch
-
     if engine.dtype == torch.float32:
         yield engine
         return

@@ -26,6 +26,7 @@ Why it is shaped this way (CPU measurements in benchmarks/, reasons here):
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from lmnb.runtime.batch import ForwardBatch
+from lmnb.runtime.device import host_to_device
 
 # A common prefix shorter than this is attended per request (the cascade's extra work does not
 # pay for itself on short prefixes).
@@ -69,22 +71,27 @@ class AttentionPlan:
     # [num_decode] int64 (per_token: [num_tokens]): the decoding requests' (tokens') table rows
     rows: torch.Tensor | None = None
     lens: torch.Tensor | None = None  # likewise: the sequence lengths they attend to
+    kernels: str = "torch"  # which path `attention` takes: "torch" or "triton"
+    # triton: [4, extend items] int64 (row, prefix_len, extend_len, first query), on the device
+    extend_meta: torch.Tensor | None = None
+    max_extend_len: int = 0
+    splits: int = 1  # triton decode: key chunks per request, merged by log-sum-exp
 
     @classmethod
     def build(cls, batch: ForwardBatch, table: torch.Tensor,
-              per_token: bool = False) -> AttentionPlan:
+              per_token: bool = False, kernels: str = "torch") -> AttentionPlan:
         """per_token: only `rows` and `lens` for every token (query t attends to the slots
         table[rows[t], :lens[t]]), for the native kernel, which takes extend and decode
-        tokens alike."""
+        tokens alike. kernels="triton": the Triton kernels' plan (no cascade: their decode
+        splits long contexts instead)."""
+        if kernels == "triton":
+            return cls.build_triton(batch, table)
         if per_token:
             rows = torch.tensor(batch.rows, device=table.device).repeat_interleave(
                 torch.tensor(batch.extend_lens, device=table.device))
             return cls([], 0, 0, None, None, None, rows, batch.positions + 1)
-        items = list(zip(batch.rows, batch.seq_lens, batch.extend_lens))
-        split = len(items)
-        while split > 0 and items[split - 1][2] == 1 and items[split - 1][1] > 1:
-            split -= 1  # the single-token tail (decoding requests) is batched
-        extend, tail = items[:split], items[split:]
+        extend, tail = split_decode_tail(list(zip(batch.rows, batch.seq_lens,
+                                                  batch.extend_lens)))
         num_extend_tokens = sum(e for _, _, e in extend)
         if not tail:
             return cls(extend, num_extend_tokens, 0, None, None, None)
@@ -99,6 +106,44 @@ class AttentionPlan:
         mask = (positions[None, :] < lens[:, None])[:, None, None, :]
         prefix = table[tail[0][0], :prefix_len] if prefix_len else None
         return cls(extend, num_extend_tokens, len(tail), prefix, suffix, mask, rows, lens)
+
+
+    @classmethod
+    def build_triton(cls, batch: ForwardBatch, table: torch.Tensor) -> AttentionPlan:
+        """Every per-request number in one host tensor, copied to the device once (from
+        pinned memory on a GPU), then viewed as the kernels' arguments."""
+        extend, tail = split_decode_tail(list(zip(batch.rows, batch.seq_lens,
+                                                  batch.extend_lens)))
+        starts = [0]
+        for _, _, e in extend:
+            starts.append(starts[-1] + e)
+        host = ([r for r, _, _ in extend] + [s - e for _, s, e in extend]
+                + [e for _, _, e in extend] + starts[:-1]
+                + [r for r, _, _ in tail] + [s for _, s, _ in tail])
+        values = host_to_device(host, table.device)
+        meta = values[: 4 * len(extend)].view(4, len(extend))
+        rows, lens = values[4 * len(extend) :].view(2, len(tail))
+        max_len = max((s for _, s, _ in tail), default=0)
+        return cls(extend, starts[-1], len(tail), None, None, None, rows, lens,
+                   kernels="triton", extend_meta=meta,
+                   max_extend_len=max((e for _, _, e in extend), default=0),
+                   splits=triton_splits(max_len))
+
+
+def split_decode_tail(items: list[tuple[int, int, int]],
+                      ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """(extend items, the single-token tail: decoding requests, batched)."""
+    split = len(items)
+    while split > 0 and items[split - 1][2] == 1 and items[split - 1][1] > 1:
+        split -= 1
+    return items[:split], items[split:]
+
+
+def triton_splits(max_len: int) -> int:
+    """The Triton decode's key chunks for the longest context (its module decides)."""
+    if max_len == 0:
+        return 1
+    return importlib.import_module("lmnb.runtime.triton_attention").num_splits(max_len)
 
 
 def common_prefix_len(table: torch.Tensor, rows: torch.Tensor, limit: int) -> int:
@@ -123,11 +168,28 @@ def attention(
 ) -> torch.Tensor:
     out = torch.empty_like(q)
     split = plan.num_extend_tokens
+    if plan.kernels == "triton":
+        return triton_attention(out, q, k, v, k_pool, v_pool, table, plan, scale)
     if plan.extend:
         extend_attention(out[:split], q[:split], k, v, k_pool, v_pool, table, plan.extend,
                          scale, work)
     if plan.num_decode:
         out[split:] = decode_attention(q[split:], k_pool, v_pool, table, plan, scale, work)
+    return out
+
+
+def triton_attention(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     k_pool: torch.Tensor, v_pool: torch.Tensor, table: torch.Tensor,
+                     plan: AttentionPlan, scale: float) -> torch.Tensor:
+    """The same contract on the Triton kernels (`triton_attention.py`, imported here)."""
+    kernels = importlib.import_module("lmnb.runtime.triton_attention")
+    split = plan.num_extend_tokens
+    if plan.extend:
+        kernels.extend_attention(out[:split], q[:split], k[:split], v[:split], k_pool, v_pool,
+                                 table, plan.extend_meta, plan.max_extend_len, scale)
+    if plan.num_decode:
+        kernels.decode_attention(q[split:], k_pool, v_pool, table, plan.rows, plan.lens, scale,
+                                 plan.splits, out=out[split:])
     return out
 
 

@@ -145,3 +145,13 @@ def pick_weights(weights: str | None, block_types: set[str], exact_kernels: bool
         why += (f"; without the native kernels its values are de-quantized into "
                 f"{str(dtype).removeprefix('torch.')} for torch's products (no memory saved)")
     return fmt, why
+
+
+def host_to_device(values: list[int], device: torch.device,
+                   dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Host integers as a tensor on `device`. On a GPU they are staged in pinned memory and
+    copied without blocking (torch's caching host allocator keeps the staging buffer alive
+    until the copy has run); elsewhere one tensor made in place, as before."""
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=dtype, device=device)
+    return torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)
