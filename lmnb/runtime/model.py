@@ -51,13 +51,19 @@ class LlamaModel:
         runner: str | None = None,
         weights_format: str | None = None,
         blocks: dict[str, GGUFBlocks] | None = None,
+        attention: str = "torch",
     ) -> None:
         """pack_weights: pre-pack the matrix products' weights for oneDNN where `linear.Linear`
         can. native: run matrix products and attention on the batch-invariant kernels.
         runner: "native" (needs `native`), "torch", or None (native where given).
         weights_format, blocks: the matrix products' weights (`linear.Linears`): q4 (the GGUF's
-        blocks, given), int8, bf16, fp32, or None (in `dtype`)."""
+        blocks, given), int8, bf16, fp32, or None (in `dtype`).
+        attention: the torch runner's attention without the native kernels, "torch" (the
+        reference) or "triton" (`triton_attention.py`, for a GPU)."""
+        if attention not in ("torch", "triton"):
+            raise ValueError(f"attention must be 'torch' or 'triton', not {attention!r}")
         self.runner, self.runner_reason = pick_runner(runner, native)
+        self.attention = "native" if native is not None else attention
         self.cfg = cfg
         self.dtype = dtype
         self.device = device
@@ -89,9 +95,11 @@ class LlamaModel:
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, pool: KVPool, table: torch.Tensor,
-                profile: torch.Tensor | None = None) -> torch.Tensor:
+                profile: torch.Tensor | None = None, plan: AttentionPlan | None = None,
+                ) -> torch.Tensor:
         """Logits [len(batch.logit_index), vocab] in fp32; writes the batch's k/v into the pool.
-        profile (native runner): float64 [3], seconds added (linear, attention, total)."""
+        profile (native runner): float64 [3], seconds added (linear, attention, total).
+        plan (torch runner): the attention plan made already (a captured CUDA graph's)."""
         if self.native_model is not None:
             cos, sin = self.rope.at(batch.positions)  # [n, 1, head_dim // 2]
             plan = AttentionPlan.build(batch, table, per_token=True)
@@ -103,7 +111,9 @@ class LlamaModel:
         n = h.shape[0]
         heads, kv_heads, dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         cos, sin = self.rope.at(batch.positions)  # once for every layer
-        plan = AttentionPlan.build(batch, table, per_token=self.native is not None)
+        if plan is None:
+            plan = AttentionPlan.build(batch, table, per_token=self.native is not None,
+                                       kernels="torch" if self.native else self.attention)
         for i, layer in enumerate(self.layers):
             x = self.rms_norm(h, layer.input_norm)
             qkv = layer.qkv(x)  # [n, q_size + 2 * kv_size]

@@ -9,11 +9,15 @@ import importlib
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from lmnb.runtime.attention import AttentionPlan, Workspace, attention
+from lmnb.runtime.batch import ForwardBatch
+from lmnb.runtime.config import ModelConfig
+from lmnb.runtime.kv_pool import KVPool, ReqToToken
+from lmnb.runtime.model import LlamaModel
 
 pytest.importorskip("triton")
-
-from lmnb.runtime.attention import AttentionPlan, Workspace, attention  # noqa: E402
-from lmnb.runtime.batch import ForwardBatch  # noqa: E402
 
 MODULE = "lmnb.runtime.triton_attention"
 
@@ -132,3 +136,55 @@ def test_triton_compiled_on_gpu_model_shapes(kernels, dtype):
     out, ref, plan = run_both(items, heads=9, kv_heads=3, dim=64, dtype=dtype)
     assert plan.splits == kernels.MAX_SPLITS // 2 or plan.splits > 1
     check(out.cpu(), ref.cpu(), dtype)
+
+
+def model_steps(attention_kernels: str, dtype: torch.dtype) -> torch.Tensor:
+    """A tiny random Llama (4 query heads over 2 kv heads): two requests' prompts as extends
+    (the second over a cached prefix), then two decode steps of both; all logits."""
+    hf_cfg = LlamaConfig(vocab_size=101, hidden_size=64, intermediate_size=96,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256)
+    gen = torch.Generator().manual_seed(0)
+    cfg = ModelConfig.from_hf(hf_cfg.to_dict())
+    torch.manual_seed(0)
+    weights = AutoModelForCausalLM.from_config(hf_cfg).state_dict()
+    dev = torch.device(DEVICE)
+    model = LlamaModel(cfg, weights, dtype, dev, attention=attention_kernels)
+    assert model.attention == attention_kernels
+    pool = KVPool(cfg.num_layers, 512, cfg.num_kv_heads, cfg.head_dim, dtype, dev)
+    table = ReqToToken(4, 256, dev)
+    ids = [torch.randint(0, 101, (n,), generator=gen).tolist() for n in (70, 45)]
+    rows = [table.alloc(), table.alloc()]
+    slots = [pool.alloc(len(x) + 2) for x in ids]
+    for row, s in zip(rows, slots):
+        table.set(row, 0, s)
+    logits = []
+
+    def step(starts, news):
+        batch = ForwardBatch.build(
+            False, rows, starts, [ids[i][a : a + n] for i, (a, n) in enumerate(zip(starts,
+                                                                                    news))],
+            [slots[i][a : a + n] for i, (a, n) in enumerate(zip(starts, news))],
+            [list(range(n)) for n in news], dev)
+        logits.append(model.forward(batch, pool, table.table).float().cpu())
+
+    step([0, 0], [33, 45])  # prompts from scratch (the first in part)
+    step([33, 44], [37, 1])  # the rest over its cached prefix, beside a decoding request
+    last = [36, 37]  # each request's last row of logits
+    for _ in range(2):  # decode: each request's argmax appended
+        nxt = logits[-1][last].argmax(-1).tolist()
+        last = [0, 1]
+        starts = [len(x) for x in ids]
+        for x, t in zip(ids, nxt):
+            x.append(t)
+        step(starts, [1, 1])
+    return torch.cat(logits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_attention_in_the_model_forward(kernels, dtype):
+    """The torch runner with Triton attention gives the torch path's logits through extend
+    (fresh and over a cached prefix) and decode steps."""
+    got, ref = model_steps("triton", dtype), model_steps("torch", dtype)
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
