@@ -187,11 +187,11 @@ class LmnbMagics(Magics):
     @line_magic
     def lmnb(self, line: str) -> Any:
         """`%lmnb start [--model M] [--policy P] [--max-tokens-in-cache N]|connect URL
-        [--api-key K]|stop|status|cache|flush|policy NAME`."""
+        [--api-key K]|stop|status|cache|monitor|flush|policy NAME`."""
         words = shlex.split(line)
         if not words:
             raise UsageError("%lmnb: give a command: start, connect, stop, status, cache, "
-                             "flush, policy")
+                             "monitor, flush, policy")
         command, args = words[0], words[1:]
         handler = getattr(self, f"_cmd_{command}", None)
         if handler is None:
@@ -251,6 +251,13 @@ class LmnbMagics(Magics):
         from lmnb.widgets import RadixTreeView
 
         return RadixTreeView(lm.get_default_backend())
+
+    def _cmd_monitor(self, args: list[str]) -> Any:
+        """The runtime's tree and statistics followed live (every other view keeps the moment
+        its cell ran), until the view is closed or its button stops it."""
+        from lmnb.widgets import Dashboard
+
+        return Dashboard(lm.get_default_backend(), live=True)
 
     def _cmd_flush(self, args: list[str]) -> None:
         lm.get_default_backend().flush_cache()

@@ -27,6 +27,7 @@ from lmnb.lang.ir import (
     VarScopeBegin,
     VarScopeEnd,
 )
+from lmnb.lang.progress import RunningGen
 
 JOIN_MODES = ("gather_variable", "concate_and_append")
 
@@ -65,7 +66,13 @@ class NodeHandlers:
         on_chunk = lambda text, num_tokens: self._stream_chunk(node.name, text, num_tokens)
         prompt = self.prompt()
         prefix = prompt.ids
-        piece = calls.generate(self.backend, prompt, params, node.dtype, on_chunk)
+        with self._cond:
+            self.running_gen = RunningGen(node.name, getattr(params, "max_new_tokens", None))
+        try:
+            piece = calls.generate(self.backend, prompt, params, node.dtype, on_chunk)
+        finally:
+            with self._cond:
+                self.running_gen = None
         if self.control.cancelled:
             raise Cancelled("the program was cancelled")
         self._record_call(len(prefix), piece.counts.get("cached_tokens", 0), "gen")

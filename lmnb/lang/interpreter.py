@@ -28,6 +28,7 @@ from lmnb.lang.errors import ProgramError, Site, call_site, missing_variable
 from lmnb.lang.events import EventLog, Segment, StreamRecorder, TokenLedger
 from lmnb.lang.handlers import NodeHandlers
 from lmnb.lang.ir import Expr, Fork, SetVar, flatten
+from lmnb.lang.progress import RunningGen
 
 # Keys states for the backends that keep something per turn (ids could be reused after a
 # state is collected, and a backend must never serve one state's turn to another).
@@ -69,6 +70,7 @@ class StreamExecutor(NodeHandlers):
         self.ids: list[int] = []
         self.text = ""
         self.live_text = ""  # the running gen's text so far (not yet in `text`)
+        self.running_gen: RunningGen | None = None  # the gen in flight, for `progress`
         self.variables: dict[str, Any] = {}
         self.meta: dict[str, Any] = {}
         self.messages: list[dict[str, str]] = []
@@ -286,6 +288,8 @@ class StreamExecutor(NodeHandlers):
             self._stream.append((self._names(name), text))
             self.live_text += text
             self._cond.notify_all()
+        if (running := self.running_gen) is not None:
+            running.add(num_tokens)
         self.events.tokens(name, text, num_tokens, "gen")
 
     def set_var(self, name: str, value: Any, meta: Any = None) -> None:

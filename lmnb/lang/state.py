@@ -28,6 +28,8 @@ from lmnb.lang.ir import (
     VarScopeEnd,
     as_expr,
 )
+from lmnb.lang.progress import Progress
+from lmnb.lang.progress import read as read_progress
 
 
 class Scope:
@@ -208,6 +210,18 @@ class ProgramState(StateBase):
     def finished(self) -> bool:
         """Whether the body has ended and every op has run (never blocks)."""
         return self._ex.finished()
+
+    def progress(self) -> Progress:
+        """Where the run stands, as plain data, without waiting for it (what views draw): each
+        stream's tokens and their categories, its forks (nested), the running gens' tokens so
+        far / max and tokens/s, elapsed time, status (running, done, failed, cancelled) and the
+        totals of the run's model calls. See `lmnb.lang.progress`."""
+        return read_progress(self._ex)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The backend's tokenizer (None on a text backend): what views decode ids with."""
+        return self._ex.backend.tokenizer
 
     @property
     def event_log(self) -> EventLog:

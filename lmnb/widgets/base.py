@@ -2,7 +2,9 @@
 
 A subclass computes plain-data traits and the markup from them in `refresh()` (pure, called
 from the poller thread: it only sets traits); `dom_data` becomes `data-*` attributes on the
-live view's element, so a browser test can read the view's counts from the DOM.
+live view's element, so a browser test can read the view's counts from the DOM. Only `html`
+and `dom_data` sync to the front end (its JS reads nothing else); the other traits are for
+Python (tests, users) and cost no messages.
 `_repr_html_` is that same markup, so a saved notebook shows a frozen picture without
 JavaScript.
 """
@@ -40,7 +42,7 @@ class HtmlView(anywidget.AnyWidget):
 class ProgramView(HtmlView):
     """A view of one or more program states, refreshed (<= 5 Hz) until every one is done."""
 
-    done = traitlets.Bool(False).tag(sync=True)
+    done = traitlets.Bool(False)  # Python's; the front end reads `dom_data` and `html` only
 
     def __init__(self, states: Any, *, live: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)

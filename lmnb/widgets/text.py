@@ -1,6 +1,6 @@
 """`TextView`: a program state's text as it grows, and its error if it failed.
 
-Reads `state.text()` and `state.error` only (both safe while the program runs). Live as an
+Reads `state.progress()` only (public, never blocking). Live as an
 anywidget, static as a `<pre>` (`_repr_html_`). Stops refreshing once the program is done.
 """
 
@@ -16,9 +16,9 @@ from lmnb.widgets.poller import Poller
 
 
 class TextView(HtmlView):
-    text = traitlets.Unicode("").tag(sync=True)
-    error = traitlets.Unicode("").tag(sync=True)
-    done = traitlets.Bool(False).tag(sync=True)
+    text = traitlets.Unicode("")
+    error = traitlets.Unicode("")
+    done = traitlets.Bool(False)
 
     def __init__(self, state: Any, *, live: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -27,19 +27,11 @@ class TextView(HtmlView):
         self.poller = Poller(self, done=lambda: self.done) if live else None
 
     def refresh(self) -> None:
-        text, error, done = progress(self.state)
+        read = self.state.progress()
+        text = read.root.text + read.root.live_text  # the root's (forks join into it)
         with self.hold_trait_notifications():
             self.text = text
-            self.error = str(error) if error else ""
-            self.done = done
+            self.error = read.error
+            self.done = read.done
             err = f'<pre class="lmnb-error">{escape(self.error)}</pre>' if self.error else ""
             self.html = f'<pre class="lmnb-text">{escape(self.text)}</pre>{err}'
-
-
-def progress(state: Any) -> tuple[str, Any, bool]:
-    """(text so far, error or None, finished) without blocking: `state.text()` and
-    `state.error` wait for the program, so this reads its executor's fields directly."""
-    ex = state._ex
-    error = getattr(ex, "error", None)
-    finished = not getattr(ex, "_open", True) and ex._idle()
-    return getattr(ex, "text", ""), error, bool(finished or error)

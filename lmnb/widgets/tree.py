@@ -1,4 +1,5 @@
-"""`RadixTreeView`: the runtime's radix tree, live (anywidget) and static (SVG repr).
+"""`RadixTreeView`: the runtime's radix tree, as it was when the view was made (the cell's
+picture), or followed live with `live=True` until closed or `done()`.
 
 Reads `snapshot()` and the event stream `events(since)` only. Traits: `num_nodes` and
 `num_tokens` (the whole tree, root excluded), `num_locked`, `num_hidden` (nodes collapsed
@@ -6,7 +7,9 @@ away), `nodes` (the snapshot's nodes, text truncated), `event_counts` (insert, s
 evict seen since the view was made), `recent_events` (the last few, plain data) and `html`
 (the SVG from `tree_svg`). Events since the last refresh flash on their nodes: a hit along the
 matched path, a split on the new parent, an insert on the new leaf; an evicted node stays a
-few seconds as a dashed ghost where it was. Refreshed by a `Poller` (≤ 5 Hz).
+few seconds as a dashed ghost where it was. A live view is refreshed by a `Poller` (≤ 5 Hz);
+a `Dashboard` refreshes its views itself (tree and statistics at the same moment). The live
+widget and the static repr draw the same SVG.
 """
 
 from __future__ import annotations
@@ -27,23 +30,23 @@ NUM_RECENT = 12
 
 
 class RadixTreeView(HtmlView):
-    num_nodes = traitlets.Int(0).tag(sync=True)
-    num_tokens = traitlets.Int(0).tag(sync=True)
-    num_locked = traitlets.Int(0).tag(sync=True)
-    num_hidden = traitlets.Int(0).tag(sync=True)
-    num_flashing = traitlets.Int(0).tag(sync=True)
-    nodes = traitlets.List([]).tag(sync=True)
-    event_counts = traitlets.Dict({}).tag(sync=True)
-    recent_events = traitlets.List([]).tag(sync=True)
+    num_nodes = traitlets.Int(0)
+    num_tokens = traitlets.Int(0)
+    num_locked = traitlets.Int(0)
+    num_hidden = traitlets.Int(0)
+    num_flashing = traitlets.Int(0)
+    nodes = traitlets.List([])
+    event_counts = traitlets.Dict({})
+    recent_events = traitlets.List([])
 
     def __init__(self, runtime_or_engine: Any = None, *, max_nodes: int = 60,
-                 live: bool = True, done: Callable[[], bool] | None = None,
+                 live: bool = False, done: Callable[[], bool] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.engine = engine_of(runtime_or_engine)
         self.max_nodes = max_nodes
         self.event_counts = dict.fromkeys(EVENT_KINDS, 0)
-        self._seq = self.engine.snapshot()["last_event"]  # show what happens from now on
+        self._seq = self.engine.snapshot()["last_event"]  # flash what happens from now on
         self._marks: dict[int, dict[str, float]] = {}  # node id -> {event: when}
         self._ghosts: dict[int, tuple[dict[str, Any], float]] = {}  # evicted node -> when
         self._known: dict[int, dict[str, Any]] = {}  # the last snapshot's nodes by id
@@ -124,10 +127,12 @@ class RadixTreeView(HtmlView):
 
     def _markup(self, svg: str) -> str:
         counts = ", ".join(f"{self.event_counts[k]} {k}" for k in EVENT_KINDS)
-        return (f'<div data-num-nodes="{self.num_nodes}"><b>radix tree</b>: {self.num_nodes} '
-                f"nodes, {self.num_tokens} tokens, {self.num_locked} locked "
-                f'<span style="color:#888">(events: {counts})</span></div>'
-                f'{legend_html()}<div class="lmnb-scroll">{svg}</div>')
+        return (f'<div class="lmnb-title" data-num-nodes="{self.num_nodes}"><b>radix tree</b>: '
+                f"{self.num_nodes} nodes, {self.num_tokens} tokens, {self.num_locked} locked "
+                f'<span class="lmnb-dim" style="color:#888" title="radix tree events this view '
+                f'has seen">(events: {counts})</span></div>'
+                f'{legend_html()}<div class="lmnb-scroll" style="overflow:auto;max-height:480px">'
+                f"{svg}</div>")
 
 
 def _event_nodes(event: dict[str, Any]) -> list[int]:

@@ -13,7 +13,6 @@ import heapq
 from html import escape
 from typing import Any
 
-COL_W = 170
 ROW_H = 26
 LABEL_CHARS = 18
 
@@ -112,43 +111,102 @@ MARK_STYLE = {  # event -> (stroke colour, legend)
 FLASH_SECONDS = 1.5
 
 
+DEEP = 6  # deeper than this many levels: the indented, top-down layout
+
+
 def tree_svg(nodes: list[dict[str, Any]], max_nodes: int = 60,
              marks: dict[int, list[tuple[str, float]]] | None = None) -> tuple[str, int]:
-    """(SVG markup, number of hidden nodes) for a snapshot's nodes (ghosts included)."""
+    """(SVG markup, number of hidden nodes) for a snapshot's nodes (ghosts included).
+
+    Shallow trees grow left to right (depth across, leaves down, each column as wide as its
+    widest box); deeper ones (a long chat) are drawn top down, one node a row, indented by
+    depth, so a chain reads downwards instead of running off to the right."""
     marks = marks or {}
     kept = busiest(nodes, max_nodes, set(marks))
     pos = layout(nodes, kept)
     rec = recency(nodes)
+    by_id = {n["id"]: n for n in nodes}
     hidden_below = {nid: 0 for nid in kept}
     for n in nodes:
         if n["id"] not in kept and n["parent"] in kept:
             hidden_below[n["parent"]] += 1 + _count_below(nodes, n["id"])
     num_hidden = sum(1 for n in nodes if n["id"] not in kept and not n.get("evicted"))
-    rows = max((r for _, r in pos.values()), default=0) + 1
-    cols = max((c for c, _ in pos.values()), default=0) + 1
-    width, height = cols * COL_W + 40, rows * ROW_H + 30
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'class="lmnb-tree">']
-    by_id = {n["id"]: n for n in nodes}
-    for nid, (c, r) in pos.items():  # edges first, under the boxes
-        parent = by_id[nid]["parent"]
-        if parent in pos:
-            pc, pr = pos[parent]
-            parts.append(f'<line x1="{pc * COL_W + _w(by_id[parent])}" y1="{pr * ROW_H + 20}" '
-                         f'x2="{c * COL_W + 4}" y2="{r * ROW_H + 20}" stroke="#999"/>')
-    for nid, (c, r) in pos.items():
-        parts.append(_node_svg(by_id[nid], c * COL_W + 4, r * ROW_H + 10, rec[nid],
-                               hidden_below[nid], marks.get(nid)))
-    if num_hidden:
-        parts.append(f'<text x="4" y="{height - 6}" fill="#666">{num_hidden} nodes hidden '
-                     f'(showing the {len(kept)} busiest and active)</text>')
-    parts.append("</svg>")
-    return "".join(parts), num_hidden
+    deep = max((c for c, _ in pos.values()), default=0) >= DEEP
+    xy = _indented(nodes, kept) if deep else _columns(pos, by_id)
+    parts = [_edge_svg(xy[by_id[nid]["parent"]], xy[nid], by_id[by_id[nid]["parent"]], deep)
+             for nid in xy if by_id[nid]["parent"] in xy]  # edges first, under the boxes
+    parts += [_node_svg(by_id[nid], x, y, rec[nid], hidden_below[nid], marks.get(nid))
+              for nid, (x, y) in xy.items()]
+    right = max((x + _w(by_id[nid]) + (8 + 7 * len(str(hidden_below[nid])) + 8
+                                        if hidden_below[nid] else 0)
+                 for nid, (x, _) in xy.items()), default=40)
+    note = (f"{num_hidden} nodes hidden (showing the {len(kept)} busiest and active)"
+            if num_hidden else "")
+    width = max(right + 8, 7 * len(note) + 8)
+    height = max((y for _, y in xy.values()), default=0) + ROW_H + (20 if note else 4)
+    if note:
+        parts.append(f'<text x="4" y="{height - 6}" fill="#777" class="lmnb-dim" '
+                     f'font-family="sans-serif">{note}</text>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'class="lmnb-tree{" lmnb-tree-deep" if deep else ""}">{"".join(parts)}</svg>',
+            num_hidden)
+
+
+GAP = 26  # between a column's widest box and the next column
+
+
+def _columns(pos: dict[int, tuple[int, float]], by_id: dict[int, dict[str, Any]]
+             ) -> dict[int, tuple[int, int]]:
+    """Pixel positions of the left-to-right layout: each column as wide as its widest box."""
+    widest: dict[int, int] = {}
+    for nid, (c, _) in pos.items():
+        widest[c] = max(widest.get(c, 0), _w(by_id[nid]))
+    left = [4]
+    for c in range(max(widest, default=0) + 1):
+        left.append(left[-1] + widest.get(c, 0) + GAP)
+    return {nid: (left[c], round(r * ROW_H) + 6) for nid, (c, r) in pos.items()}
+
+
+INDENT = 18
+
+
+def _indented(nodes: list[dict[str, Any]], kept: set[int]) -> dict[int, tuple[int, int]]:
+    """Pixel positions of the top-down layout: depth-first order, a row each, indented."""
+    children = children_of([n for n in nodes if n["id"] in kept])
+    out: dict[int, tuple[int, int]] = {}
+
+    def place(n: dict[str, Any], depth: int) -> None:
+        out[n["id"]] = (4 + depth * INDENT, len(out) * ROW_H + 6)
+        for c in children.get(n["id"], []):
+            place(c, depth + 1)
+
+    for root in children.get(None, []):
+        place(root, 0)
+    return out
+
+
+def _edge_svg(parent: tuple[int, int], child: tuple[int, int], pnode: dict[str, Any],
+              deep: bool) -> str:
+    (px, py), (cx, cy) = parent, child
+    if deep:  # an elbow down the parent's left side, then across
+        return (f'<path d="M{px + 8},{py + 20} V{cy + 10} H{cx}" fill="none" stroke="#999" '
+                f'class="lmnb-edge"/>')
+    return (f'<path d="M{px + _w(pnode)},{py + 10} C{px + _w(pnode) + GAP / 2},{py + 10} '
+            f'{cx - GAP / 2},{cy + 10} {cx},{cy + 10}" fill="none" stroke="#999" '
+            f'class="lmnb-edge"/>')
+
+
+CHAR_W = 6.7  # one character of the 11px monospace labels
+
+
+def _label(n: dict[str, Any]) -> str:
+    return "root" if n["parent"] is None else short(n.get("text", ""))
 
 
 def _w(n: dict[str, Any]) -> int:
-    """Box width grows with the node's tokens (root: a small stub)."""
-    return 24 if n["parent"] is None else 40 + min(n["num_tokens"], 200) * 110 // 200
+    """A box is as wide as its label and its token count."""
+    count = "" if n["parent"] is None else f" {n['num_tokens']}"
+    return round(CHAR_W * (len(_label(n)) + len(count))) + 10
 
 
 def _count_below(nodes: list[dict[str, Any]], nid: int) -> int:
@@ -177,23 +235,25 @@ def _stroke(n: dict[str, Any], marks: list[tuple[str, float]] | None) -> tuple[s
 
 def _node_svg(n: dict[str, Any], x: int, y: int, r: float, hidden: int,
               mark: list[tuple[str, float]] | None = None) -> str:
-    is_root = n["parent"] is None
-    label = "root" if is_root else short(n.get("text", ""))
+    label = _label(n)
     cls, stroke = _stroke(n, mark)
     locked = " lmnb-node-locked" if n["lock"] and "locked" not in cls else ""
     event = "".join(f" · {kind} {age:.1f}s ago" for kind, age in mark or [])
     state = "evicted" if n.get("evicted") else f"lock {n['lock']}"
     title = (f"{n['num_tokens']} tokens · {n['num_hits']} hits · {state}{event}\n"
              f"{n.get('text', '')}")
-    more = (f'<text x="{x + _w(n) + 3}" y="{y + 14}" fill="#888">+{hidden}</text>'
-            if hidden else "")
+    more = (f'<text x="{x + _w(n) + 4}" y="{y + 14}" fill="#888" class="lmnb-dim" '
+            f'font-family="sans-serif">+{hidden}</text>' if hidden else "")
     fill = "#ffffff" if n.get("evicted") else colour(r)
     deco = ' text-decoration="line-through"' if n.get("evicted") else ""
+    count = ("" if n["parent"] is None else
+             f'<tspan fill="#6b6b6b"> {n["num_tokens"]}</tspan>')
     return (f'<g class="lmnb-node{cls}{locked}" data-node-id="{n["id"]}">'
             f'<title>{escape(title)}</title>'
             f'<rect x="{x}" y="{y}" width="{_w(n)}" height="20" rx="4" '
             f'fill="{fill}"{stroke}/>'
-            f'<text x="{x + 3}" y="{y + 14}" font-size="11"{deco}>{escape(label)}</text>'
+            f'<text x="{x + 5}" y="{y + 14}" font-size="11" fill="#1b1b1b" '
+            f'font-family="monospace" xml:space="preserve"{deco}>{escape(label)}{count}</text>'
             f'{more}</g>')
 
 
@@ -203,5 +263,6 @@ def legend_html() -> str:
     swatches = "".join(
         f'<span style="border:2px solid {c};border-radius:3px;padding:0 4px;margin-right:6px">'
         f"{escape(name)}</span>" for c, name in items)
-    return (f'<div style="margin:2px 0">{swatches}<span style="color:#888">fill: grey old → '
-            "orange recently used</span></div>")
+    return (f'<div class="lmnb-legend" style="margin:2px 0">{swatches}<span class="lmnb-dim" '
+            'style="color:#888">fill: grey old → orange recently used · the number: the '
+            "node's tokens</span></div>")

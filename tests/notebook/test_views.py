@@ -12,8 +12,8 @@ import lmnb as lm
 import lmnb.widgets.tree as tree_module
 from lmnb.lang.control import Cancelled
 from lmnb.lang.events import CATEGORIES
-from lmnb.widgets import Dashboard, RadixTreeView, TokenStreamView, TraceView
-from lmnb.widgets.trace_svg import trace_model, trace_svg
+from lmnb.widgets import CacheStatsView, Dashboard, RadixTreeView, TokenStreamView, TraceView
+from lmnb.widgets.trace_svg import calls_html, trace_model, trace_svg
 from tests.conftest import assert_slots_accounted, wait_idle
 
 NAME_REGEX = r'\{"name": "[a-z]{1,8}"\}'
@@ -59,27 +59,36 @@ def test_trace_has_a_lane_per_stream_and_spans_with_counts(runtime) -> None:
     assert view.done and "<svg" in view._repr_html_() and "fruit" in view.html
 
 
+def _own_tokens(state) -> int:
+    """Tokens the stream shows: the root's, and each fork's from its fork point on."""
+    return sum(len(s.ids) - s.fork_start for s in state.progress().root.walk())
+
+
 def test_token_stream_categories_add_up_to_the_states_tokens(runtime) -> None:
     state = forked_then_json.run(backend=runtime, temperature=0)
     view = TokenStreamView(state, live=False)
     ids = state.token_ids()
-    assert sum(view.counts.values()) == view.num_tokens == len(ids)
-    assert set(view.counts) == set(CATEGORIES)
+    assert sum(view.counts.values()) == view.num_tokens == _own_tokens(state) > len(ids)
+    assert set(view.counts) == {*CATEGORIES, "reading"} and view.counts["reading"] == 0
+    root = state.progress().root
+    assert root.ids == ids and len(root.categories) == len(ids)
     meta = state.get_meta_info("best")
-    assert view.counts["jump_forward"] == meta["forced_tokens"] > 0
+    assert root.categories.count("jump_forward") == meta["forced_tokens"] > 0
     sure_ids = len(runtime.tokenizer.encode(state["sure"]))  # a choice is appended as encoded
-    assert (view.counts["generated"] + view.counts["jump_forward"]
+    assert (root.categories.count("generated") + root.categories.count("jump_forward")
             == meta["completion_tokens"] + sure_ids)
     assert view.counts["cached"] > 0 and view.counts["computed"] > 0
-    assert view.counts["pending"] == 0  # the select read everything before it
+    assert "pending" not in root.categories  # the select read everything before it
     html = view._repr_html_()
     for cls in ("cached", "computed", "generated", "jump_forward"):
         assert f"lmnb-tok-{cls}" in html
     assert "jump-forward" in html and "cached prompt" in html  # the legend
-    for child in state._ex.children:  # a fork child's stream adds up too
-        child_view = TokenStreamView(lm.ProgramState(child), live=False)
-        assert sum(child_view.counts.values()) == len(child.ids)
-        assert child_view.counts["cached"] > 0 and child_view.counts["generated"] > 0
+    for child in root.children:  # each fork's own text, in a lane of its own
+        own = child.categories[child.fork_start:]
+        assert own and "generated" in own  # (its turn's end no call read: pending)
+        assert f'class="lmnb-lane" data-stream="{child.stream_id}"' in html
+    for fruit in state["fruit"]:  # every fork's answer is on screen
+        assert runtime.tokenizer.decode(runtime.tokenizer.encode(fruit)).strip() in html
 
 
 def test_token_categories_follow_the_calls_that_read_them(runtime) -> None:
@@ -143,7 +152,7 @@ def test_dashboard_models_equal_the_runtime_after_a_run(runtime, engine) -> None
     st = engine.stats()
     assert board.stats.cached_tokens == st["cached_tokens"]
     assert board.trace.num_lanes == _streams(state._ex)
-    assert sum(board.tokens.counts.values()) == len(state.token_ids())
+    assert sum(board.tokens.counts.values()) == _own_tokens(state)
 
 
 def test_a_batch_dashboard_has_lanes_for_every_run(runtime) -> None:
@@ -152,8 +161,8 @@ def test_a_batch_dashboard_has_lanes_for_every_run(runtime) -> None:
     assert trace.num_lanes == sum(_streams(s._ex) for s in states) == 5
     assert trace.lanes[0] == "#0 s" and "#1 fork 1" in trace.lanes
     tokens = TokenStreamView(states, live=False)
-    assert tokens.num_tokens == sum(len(s.token_ids()) for s in states)
-    assert "<b>#1</b>" in tokens.html
+    assert tokens.num_tokens == sum(_own_tokens(s) for s in states)
+    assert tokens.num_streams == 5 and "run #1" in tokens.html
 
 
 def test_streamed_sync_waits_for_the_body(runtime) -> None:
@@ -203,5 +212,125 @@ def test_trace_model_on_made_up_events() -> None:
     assert len(running) == 1 and running[0]["t1"] == pytest.approx(1.0)
     assert [e["kind"] for e in model["edges"]] == ["fork", "fork"]
     svg = trace_svg(model)
-    assert svg.count("lmnb-edge-fork") == 2 and "2 cached" not in svg
-    assert "8 cached, 2 computed, 3 gen" in svg and "running" in svg
+    assert svg.count("lmnb-edge-fork") == 2
+    assert "prompt 10 tokens (8 cached, 2 computed), 3 generated" in svg  # the tooltip
+    assert "lmnb-span-running" in svg
+    table = calls_html(model)  # the shares: one call, 8 | 2 | 3 tokens
+    assert "8 / 10" in table and 'title="8 cached"' in table and 'title="3 generated"' in table
+    failed = trace_model([(0.0, [_ev("start", 0, 0.0, "y", op="gen"),
+                                 _ev("error", 0, 0.4, message="program 'p' failed: boom")]),
+                          (0.0, [_ev("start", 0, 0.0, "z", op="gen"),
+                                 _ev("error", 0, 0.3, message="Cancelled: the program was "
+                                     "cancelled")])], now=5.0)
+    assert [s["status"] for s in failed["spans"]] == ["failed", "cancelled"]
+    assert [s["t1"] for s in failed["spans"]] == [0.4, 0.3] and failed["t_max"] == 5.0
+    assert "✗ failed" in trace_svg(failed) and "✗ cancelled" in trace_svg(failed)
+
+
+@lm.function
+def ask(s, question):
+    s += lm.system("You are a terse assistant.")
+    s += lm.user(question)
+    s += lm.assistant(lm.gen("answer", max_tokens=6, stop="\n"))
+
+
+def test_each_cells_views_keep_their_moment(runtime, engine) -> None:
+    """Three programs, a dashboard and a tree/stats view after each (as three cells make them):
+    three growing trees; each dashboard froze when its program ended, at the moment the
+    views made right after it show, and later programs leave it as it was."""
+    lm.flush_cache(runtime)
+    wait_idle(engine)
+    boards, trees, stats = [], [], []
+    for question in ("Name a colour.", "Name a fruit.", "Name a city in Spain."):
+        state = ask.run(question=question, backend=runtime, stream=True, temperature=0)
+        board = Dashboard(runtime, state=state)  # follows the program, then freezes
+        state.sync()
+        board.poller.thread.join(timeout=5)
+        assert board.frozen and not board.poller.thread.is_alive()
+        wait_idle(engine)
+        boards.append(board)
+        trees.append(RadixTreeView(runtime))
+        stats.append(CacheStatsView(runtime))
+    assert all(t.poller is None and s.poller is None for t, s in zip(trees, stats, strict=True))
+    tokens = [t.num_tokens for t in trees]
+    assert tokens[0] < tokens[1] < tokens[2] and len({t.html for t in trees}) == 3
+    assert stats[0].prompt_tokens < stats[1].prompt_tokens < stats[2].prompt_tokens
+    for board, tree, stat in zip(boards, trees, stats, strict=True):  # tree and stats together
+        assert board.tree.num_tokens == tree.num_tokens
+        assert board.stats.prompt_tokens == stat.prompt_tokens
+    assert "Spain" not in boards[0]._repr_html_() and "Spain" in boards[2]._repr_html_()
+
+
+def test_figures_reconcile_program_trace_and_runtime(runtime, engine) -> None:
+    """"This program's calls" in the token stream = the trace's calls summed = the runtime's
+    counters' growth over the run (nothing else ran); each labelled by what it counts."""
+    wait_idle(engine)
+    before = engine.stats()
+    state = forked_then_json.run(backend=runtime, temperature=0)
+    wait_idle(engine)
+    after = engine.stats()
+    calls = state.progress().calls
+    trace = TraceView(state, live=False)
+    spans = [s for s in trace.spans if s.get("call")]
+    assert calls.num_calls == len(spans) == 6  # fork commit, 3 fruits, best, sure
+    for key, runtime_key in (("prompt_tokens", "prompt_tokens"),
+                             ("cached_tokens", "cached_tokens"),
+                             ("completion_tokens", "generated_tokens")):
+        grew = after[runtime_key] - before[runtime_key]
+        assert getattr(calls, key) == sum(s[key] for s in spans) == grew, key
+    view = TokenStreamView(state, live=False)
+    assert view.calls["cached_tokens"] == calls.cached_tokens > 0
+    assert (f"prompt tokens {calls.prompt_tokens}, of which cached {calls.cached_tokens}"
+            in view.html and "this program's calls" in view.html)
+    assert f"{calls.cached_tokens} / {calls.prompt_tokens}" in trace.html  # the calls' total
+    stats = CacheStatsView(runtime)
+    assert "runtime since start" in stats.html and stats.cached_tokens == after["cached_tokens"]
+
+
+def test_progress_and_the_stop_button(runtime, engine) -> None:
+    @lm.function
+    def long(s):
+        s += "Count to a thousand:" + lm.gen("n", max_tokens=300, min_tokens=300)
+
+    state = long.run(backend=runtime, stream=True, temperature=0)
+    board = Dashboard(runtime, state=state)
+    deadline = time.time() + 60
+    while not (running := state.progress().running) or running[0].num_tokens < 3:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    progress = state.progress()
+    [gen] = progress.running
+    assert progress.status == "running" and progress.elapsed > 0 and not progress.done
+    assert gen.name == "n" and gen.max_tokens == 300 and gen.tokens_per_second > 0
+    assert set(progress.root.categories) == {"reading"}  # the running call's prompt
+    board.refresh()
+    assert "gen n in s:" in board.tokens.html and "/300 tokens" in board.tokens.html
+    assert board.tokens.counts["generated"] >= 3 and "running" in board.tokens.html
+    assert board.stop() == 1  # as Ctrl-C: the request aborted
+    state.error()
+    progress = state.progress()
+    assert progress.status == "cancelled" and progress.running == [] and progress.done
+    board.poller.thread.join(timeout=5)
+    assert board.frozen and board.button.disabled
+    [span] = [s for s in board.trace.spans if s["op"] == "gen"]
+    assert span["status"] == "cancelled" and "✗ cancelled" in board.trace.html
+    assert "cancelled" in board.tokens.html
+    wait_idle(engine)
+
+
+def test_a_failed_gen_ends_its_span_as_failed() -> None:
+    from lmnb.testing import ScriptedBackend
+
+    def script(prompt: str) -> str:
+        raise ValueError("the script refuses")
+
+    @lm.function
+    def broken(s):
+        s += "Hello" + lm.gen("x", max_tokens=3)
+
+    state = broken.run(backend=ScriptedBackend(script), stream=True)
+    assert isinstance(state.error(), lm.ProgramError)
+    progress = state.progress()
+    assert progress.status == "failed" and "refuses" in progress.error
+    [span] = TraceView(state, live=False).spans
+    assert span["status"] == "failed" and not span["running"]

@@ -82,7 +82,7 @@ def test_text_view_and_dashboard(runtime, engine) -> None:
 def test_live_views_follow_a_running_program(runtime, engine) -> None:
     lm.flush_cache(runtime)
     wait_idle(engine)
-    view = RadixTreeView(runtime)
+    view = RadixTreeView(runtime, live=True)
     before = view.num_nodes
     forked.run(backend=runtime, temperature=0)
     wait_idle(engine)
@@ -170,10 +170,10 @@ def test_a_programs_dashboard_stops_refreshing_once_done(runtime, engine) -> Non
     state = forked.run(backend=runtime, temperature=0)
     wait_idle(engine)
     board = Dashboard(runtime, state=state)
-    threads = [v.poller.thread for v in board.views]
-    for t in threads:
-        t.join(timeout=5)
-    assert not any(t.is_alive() for t in threads)
+    assert all(v.poller is None for v in board.views)  # one poller reads them all together
+    board.poller.thread.join(timeout=5)
+    assert not board.poller.thread.is_alive() and board.frozen
+    assert board.button.disabled and board.button.description == "done"
 
 
 def test_tree_view_skips_the_snapshot_when_nothing_moved(runtime, engine, monkeypatch) -> None:
