@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from lmnb.runtime.attention import AttentionPlan, Workspace, attention
 from lmnb.runtime.batch import ForwardBatch
 from lmnb.runtime.config import ModelConfig
-from lmnb.runtime.cpu_kernels import ForwardModel, NativeKernels
+from lmnb.runtime.cpu_kernels import NativeKernels
 from lmnb.runtime.kv_pool import KVPool
 from lmnb.runtime.linear import Linears
 from lmnb.runtime.loader import GGUFBlocks
+from lmnb.runtime.native_forward import ForwardModel
 from lmnb.runtime.rope import RotaryTable
 
 
@@ -82,7 +83,7 @@ class LlamaModel:
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
         self.workspace = Workspace()  # gather buffers reused across layers and steps
         self.native_model = None if self.runner == "torch" else ForwardModel(
-            self.embed, self.norm, self.lm_head.panels,  # type: ignore[arg-type]
+            native, self.embed, self.norm, self.lm_head.panels,  # type: ignore[arg-type]
             [(x.input_norm, x.post_norm, x.qkv.panels, x.o.panels, x.gate_up.panels,
               x.down.panels) for x in self.layers],  # type: ignore[misc]
             cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps)
@@ -103,8 +104,8 @@ class LlamaModel:
         if self.native_model is not None:
             cos, sin = self.rope.at(batch.positions)  # [n, 1, head_dim // 2]
             plan = AttentionPlan.build(batch, table, per_token=True)
-            return self.native.forward(  # type: ignore[union-attr]
-                self.native_model, batch.input_ids, cos[:, 0], sin[:, 0], batch.out_slots,
+            return self.native_model.step(
+                batch.input_ids, cos[:, 0], sin[:, 0], batch.out_slots,
                 plan.rows, plan.lens, table, pool.k, pool.v, batch.logit_index, profile)
         cfg = self.cfg
         h = self.embed[batch.input_ids]  # [num_tokens, hidden]

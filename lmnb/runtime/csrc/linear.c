@@ -473,8 +473,14 @@ static void tile_pairs_rows(int rows, const uint16_t *x, int64_t k, const void *
  * The row's arithmetic, whatever the tile: another rounding of the same sum as the fp32 chain
  * over the de-quantized weights, at about half its instructions per row.
  * x rows: k bf16, then k/32 fp32 group sums (pair_rows). */
+/* A format flag of the pair tiles: the panels were decoded beforehand (decode_pairs), each
+ * k pair's 16 lanes as q_pair returns them, so tiles after the first read them as they are. */
+#define DECODED 0x100
+
 static inline __attribute__((always_inline)) __m512bh q_pair(int fmt, const void *wp,
                                                                int64_t kk) {
+    if (fmt & DECODED)
+        return (__m512bh)_mm512_load_si512((const uint32_t *)wp + kk / 2 * PANEL);
     /* lane c: bf16(q[c][kk]) | bf16(q[c][kk + 1]) << 16 (small integers: the high half of the
      * float's bits, the low half being zero) */
     if (fmt == LMNB_W_Q4_PAIRS) { /* a table of the 16 values' bf16 bits, indexed by word */
@@ -522,7 +528,7 @@ static inline __attribute__((always_inline)) void tile_q_pairs(
             }
         }
         for (int p = 0; p < np; p++) {
-            if (fmt == LMNB_W_Q4_PAIRS) {
+            if ((fmt & ~DECODED) == LMNB_W_Q4_PAIRS) {
                 const uint16_t *s = (const uint16_t *)sps[p] + g * 2 * PANEL;
                 const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
                 const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + PANEL)));
@@ -573,13 +579,35 @@ static void tile_q_pairs_rows(int rows, int fmt, const uint8_t *x, int64_t k,
     case 2: ROWS(2, f); break;                                                               \
     default: ROWS(1, f); break;                                                              \
     }
-    if (fmt == LMNB_W_Q4_PAIRS) {
-        FORMAT(LMNB_W_Q4_PAIRS);
-    } else {
-        FORMAT(LMNB_W_Q8_PAIRS);
+    switch (fmt) {
+    case LMNB_W_Q4_PAIRS: FORMAT(LMNB_W_Q4_PAIRS); break;
+    case LMNB_W_Q4_PAIRS | DECODED: FORMAT(LMNB_W_Q4_PAIRS | DECODED); break;
+    case LMNB_W_Q8_PAIRS | DECODED: FORMAT(LMNB_W_Q8_PAIRS | DECODED); break;
+    default: FORMAT(LMNB_W_Q8_PAIRS); break;
     }
 #undef FORMAT
 #undef ROWS
+}
+
+/* A panel's pair lanes for every k pair, out [k/2][16] (64-byte aligned): what q_pair gives,
+ * computed once for all the row tiles of a work item instead of once a tile (the same bits:
+ * the tiles read them where they would have decoded them). */
+static void decode_pairs(int fmt, const void *wp, int64_t k, uint32_t *out) {
+    for (int64_t kk = 0; kk < k; kk += 2)
+        _mm512_store_si512(out + kk / 2 * PANEL, (__m512i)q_pair(fmt, wp, kk));
+}
+
+/* This thread's buffer of decoded panels, grown to the largest asked for (kept: a work item
+ * a step needs it again). NULL without memory. */
+static uint32_t *decoded_buffer(size_t words) {
+    static __thread uint32_t *buf;
+    static __thread size_t cap;
+    if (words > cap) {
+        free(buf);
+        buf = aligned_alloc(64, (words * sizeof *buf + 63) / 64 * 64);
+        cap = buf ? words : 0;
+    }
+    return buf;
 }
 #endif
 
@@ -653,6 +681,25 @@ typedef struct Panels {
     int64_t group; /* k per scale */
 } Panels;
 
+/* Where a work item of the quantized pair tiles has more rows than one tile, its WP panels are
+ * decoded once into this thread's buffer and wps points there; returns the tiles' mode. */
+static int decode_once(TileFn fn, int mode, int mr, int64_t rows, int64_t k,
+                       const void *wps[WP]) {
+#ifdef __AVX512BF16__
+    if (fn != q_pair_tiles || rows <= mr) return mode;
+    uint32_t *buf = decoded_buffer((size_t)(WP * k / 2 * PANEL));
+    if (!buf) return mode;
+    for (int q = 0; q < WP; q++) {
+        decode_pairs(mode, wps[q], k, buf + q * k / 2 * PANEL);
+        wps[q] = buf + q * k / 2 * PANEL;
+    }
+    return mode | DECODED;
+#else
+    (void)fn; (void)mr; (void)rows; (void)k; (void)wps;
+    return mode;
+#endif
+}
+
 /* Every tile of y [m, n], work items of ROW_BLOCK rows x COL_BLOCK panels over the threads.
  * x_row: the bytes of one row of x. */
 static void all_tiles(TileFn fn, int mode, int mr, const void *x, int64_t x_row, int64_t m,
@@ -673,11 +720,12 @@ static void all_tiles(TileFn fn, int mode, int mr, const void *x, int64_t x_row,
                     wps[q] = (const char *)w.data + pp * w.w_panel;
                     sps[q] = w.scales ? (const char *)w.scales + pp * w.s_panel : NULL;
                 }
+                const int tile_mode = decode_once(fn, mode, mr, r_end - rb * ROW_BLOCK, k, wps);
                 for (int64_t r = rb * ROW_BLOCK; r < r_end; r += mr) {
                     const int rows = r_end - r < mr ? (int)(r_end - r) : mr;
                     /* columns of a duplicated panel are past n or written twice identically */
-                    fn(rows, (const char *)x + r * x_row, k, w.group, wps, sps, mode, y, n, r,
-                       p * PANEL, n, bias);
+                    fn(rows, (const char *)x + r * x_row, k, w.group, wps, sps, tile_mode, y, n,
+                       r, p * PANEL, n, bias);
                 }
             }
         }
