@@ -22,7 +22,6 @@ import lmnb as lm
 import lmnb.lang.backend
 from lmnb.lang.control import Cancelled
 from lmnb.magics import LmnbMagics, parse_program_line
-from lmnb.widgets.text import progress
 from tests.conftest import assert_slots_accounted, wait_idle
 
 GREET = 's += user("Say hi in three words")\ns += assistant(gen("a"))\n'
@@ -60,7 +59,7 @@ def test_notebook_variables_and_lm_are_in_scope(ip) -> None:
 def test_default_returns_at_once_and_runs_in_the_background(ip) -> None:
     cell(ip, "--out bg --max-tokens 24 --temperature 0 --view none", GREET)
     bg = ip.user_ns["bg"]
-    assert not progress(bg)[2]  # the cell returned while the program still runs
+    assert not bg.progress().done  # the cell returned while the program still runs
     assert bg.sync()["a"]  # it finishes on its own
     assert bg.error() is None
 
@@ -131,9 +130,12 @@ def test_lmnb_status_flush_policy_cache(ip, engine) -> None:
         engine.set_policy("lpm")
     view = ip.run_line_magic("lmnb", "cache")
     assert type(view).__name__ == "RadixTreeView"
-    view.close()  # a closed view's refresh thread ends
-    view.poller.thread.join(timeout=2)
-    assert not view.poller.thread.is_alive()
+    assert view.poller is None  # it shows the runtime as it was when the cell ran
+    monitor = ip.run_line_magic("lmnb", "monitor")  # follows the runtime live
+    assert type(monitor).__name__ == "Dashboard" and monitor.poller.thread.is_alive()
+    monitor.close()  # a closed view's refresh thread ends
+    monitor.poller.thread.join(timeout=2)
+    assert not monitor.poller.thread.is_alive()
     with pytest.raises(UsageError):
         ip.run_line_magic("lmnb", "teleport")
 
