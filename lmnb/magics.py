@@ -4,16 +4,22 @@ Owns parsing the magic lines, compiling a cell body into a real `lmnb.lang.funct
 point into the cell (so tracebacks show the cell's own lines), and controlling the default
 backend (`%lmnb start|connect|stop|status|cache|flush|policy`; `connect` makes it a
 `RuntimeEndpoint` on a remote server, so cells and views run on and draw that runtime).
-Widgets are imported only when a view is shown. Knows nothing of how programs run (the
-language layer) or how the runtime computes.
+Widgets are imported only when a view is shown, and only once the program has made its
+first call (a program that fails before it shows its error alone). A failure shows the short
+traceback of `lmnb.tracebacks` (`%lmnb debug` toggles IPython's full one); Ctrl-C on a waiting
+cell cancels its programs and shows one line. Knows nothing of how programs run (the language
+layer) or how the runtime computes.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import difflib
+import os
 import re
 import shlex
+import sys
 import time
 import traceback
 from typing import Any
@@ -21,9 +27,11 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
-from traitlets import Int, Unicode
+from traitlets import Bool, Int, Unicode, default
 
 import lmnb as lm
+from lmnb import tracebacks
+from lmnb.lang.errors import presentation
 
 PRIMITIVES = (
     "gen", "gen_int", "gen_string", "select", "system", "user", "assistant",
@@ -31,6 +39,8 @@ PRIMITIVES = (
 )
 _SIGNATURE = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)(.*)$")
 VIEWS = ("full", "text", "none")
+FIRST_CALL_WAIT = 1.0  # seconds a cell that returns at once waits to see the program's start
+CALL_OPS = ("gen", "select", "fork")  # the ops that call the model
 
 
 class CellScope(dict):
@@ -83,12 +93,14 @@ def parse_program_line(line: str) -> tuple[str | None, str, argparse.Namespace]:
 
 
 def compile_program(
-    name: str, params: str, body: str, filename: str, scope: dict[str, Any]
+    name: str, params: str, body: str, filename: str, scope: dict[str, Any],
+    first_line: int = 1,
 ) -> lm.Function:
-    """A `lm.function` whose body is the cell: line numbers and filename are the cell's own."""
+    """A `lm.function` whose body is the cell: line numbers and filename are the cell's own
+    (the body's first line is line `first_line`: 2 under the `%%lmprogram` line)."""
     head = ast.parse(f"def {name}(s{', ' if params else ''}{params}):\n    pass\n")
     func_def = head.body[0]
-    cell = ast.parse(body, filename=filename)
+    cell = ast.parse("\n" * (first_line - 1) + body, filename=filename)
     func_def.body = cell.body or [ast.Pass()]
     for node in ast.walk(func_def.args):
         if hasattr(node, "lineno"):
@@ -108,6 +120,12 @@ class LmnbMagics(Magics):
     policy = Unicode("lpm", help="scheduling policy for `%lmnb start`").tag(config=True)
     max_tokens_in_cache = Int(None, allow_none=True,
                               help="KV pool size for `%lmnb start`").tag(config=True)
+    debug = Bool(help="show lmnb's own frames in tracebacks (`%lmnb debug` toggles; "
+                 "default from LMNB_DEBUG)").tag(config=True)
+
+    @default("debug")
+    def _debug_default(self) -> bool:
+        return os.environ.get("LMNB_DEBUG", "").lower() not in ("", "0", "false", "no")
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -120,18 +138,24 @@ class LmnbMagics(Magics):
     def lmprogram(self, line: str, cell: str) -> Any:
         """Run the cell as a program now (`s` is the state), or define `name(params)`."""
         name, params, opts = parse_program_line(line)
-        filename = self.shell.compile.cache(cell)
+        # the cell as the user sees it (the magic's line first), labelled `Cell In[N]`
+        source = f"%%lmprogram {line}".rstrip() + "\n" + cell
+        filename = self.shell.compile.cache(source, self._cell_number())
+        try:
+            ast.parse("\n" + cell, filename=filename)  # line 1 is the magic's
+        except SyntaxError as exc:  # shown as IPython shows a cell's, without the magic's frames
+            raise CellSyntaxError(exc, self.shell, self.debug) from None
         scope = CellScope(self.shell.user_ns)
         if name is not None:
             if opts.out or opts.wait or opts.batch or opts.temperature is not None or \
                     opts.max_tokens:
                 raise UsageError("%%lmprogram name(...) only defines a program; pass --out/--wait/"
                                  "--batch/--temperature/--max-tokens when you run it")
-            self.shell.user_ns[name] = compile_program(name, params, cell, filename, scope)
+            self.shell.user_ns[name] = compile_program(name, params, cell, filename, scope, 2)
             return None
         items = self._batch_items(opts.batch) if opts.batch else [{}]
         params = ", ".join(items[0])
-        program = compile_program("lmprogram_cell", params, cell, filename, scope)
+        program = compile_program("lmprogram_cell", params, cell, filename, scope, 2)
         return self._run(program, items, opts)
 
     def _batch_items(self, var: str) -> list[dict[str, Any]]:
@@ -162,16 +186,28 @@ class LmnbMagics(Magics):
         states = [program.run(stream=True, backend=backend, **item, **kwargs) for item in items]
         if opts.out:
             self.shell.user_ns[opts.out] = states if opts.batch else states[0]
+        started = lambda: any(made_a_call(state) for state in states)  # noqa: E731
+        self._wait(states, started, None if opts.wait else FIRST_CALL_WAIT)
+        if not started() and all(state.finished() for state in states):
+            for state in states:  # failed before its first call: the error alone, no view
+                state.sync()
         view = self._view(opts.view, backend, states)
         shown = display(view, display_id=True) if view is not None else None
         if opts.wait:
-            wait_or_cancel(states)
+            self._wait(states)
             if view is not None:
                 view.refresh()
                 shown.update(view)  # the saved output's static picture is the final one
             for state in states:
                 state.sync()  # raises ProgramError (its __cause__ has the cell's frames)
         return None
+
+    def _wait(self, states: list[Any], until: Any = None, timeout: float | None = None) -> None:
+        """`wait_or_cancel`, with Ctrl-C shown as one line (`CellInterrupted`)."""
+        try:
+            wait_or_cancel(states, until=until, timeout=timeout)
+        except KeyboardInterrupt as exc:
+            raise CellInterrupted(str(exc) or "lmnb: cancelled", debug=self.debug) from exc
 
     def _view(self, kind: str, backend: Any, states: list[Any]) -> Any:
         if kind == "none":
@@ -187,16 +223,17 @@ class LmnbMagics(Magics):
     @line_magic
     def lmnb(self, line: str) -> Any:
         """`%lmnb start [--model M] [--policy P] [--max-tokens-in-cache N]|connect URL
-        [--api-key K]|stop|status|cache|monitor|flush|policy NAME`."""
+        [--api-key K]|stop|status|cache|monitor|flush|policy NAME|debug [on|off]`."""
         words = shlex.split(line)
+        commands = ", ".join(COMMANDS)
         if not words:
-            raise UsageError("%lmnb: give a command: start, connect, stop, status, cache, "
-                             "monitor, flush, policy")
+            raise UsageError(f"%lmnb: give a command: {commands}")
         command, args = words[0], words[1:]
-        handler = getattr(self, f"_cmd_{command}", None)
-        if handler is None:
-            raise UsageError(f"%lmnb: unknown command {command!r}")
-        return handler(args)
+        if command not in COMMANDS:
+            close = difflib.get_close_matches(command, COMMANDS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"%lmnb: unknown command {command!r}{hint} (commands: {commands})")
+        return getattr(self, f"_cmd_{command}")(args)
 
     def _cmd_start(self, args: list[str]) -> None:
         p = argparse.ArgumentParser(prog="%lmnb start", add_help=False, exit_on_error=False)
@@ -242,10 +279,17 @@ class LmnbMagics(Magics):
             self.connected = None
         lm.set_default_backend(None)
 
-    def _cmd_status(self, args: list[str]) -> dict[str, Any]:
-        status = runtime_status(lm.get_default_backend())
-        print("\n".join(f"{k}: {v}" for k, v in status.items()))
-        return status
+    def _cmd_status(self, args: list[str]) -> Status:
+        """The status as a dict that IPython shows as its lines (shown once, as the result)."""
+        return Status(runtime_status(lm.get_default_backend()))
+
+    def _cmd_debug(self, args: list[str]) -> None:
+        """`%lmnb debug [on|off]`: show lmnb's own frames in tracebacks (no argument toggles)."""
+        if args not in ([], ["on"], ["off"]):
+            raise UsageError("%lmnb debug [on|off]")
+        self.debug = (not self.debug) if not args else args[0] == "on"
+        print("lmnb: debug " + ("on: tracebacks show lmnb's own frames" if self.debug else
+                                "off: tracebacks end at your own lines"))
 
     def _cmd_cache(self, args: list[str]) -> Any:
         from lmnb.widgets import RadixTreeView
@@ -274,6 +318,78 @@ class LmnbMagics(Magics):
         except (ValueError, KeyError) as exc:
             raise UsageError(f"%lmnb policy: {exc}") from None
         print(f"lmnb: policy {args[0]}")
+
+    # ---- how errors show ------------------------------------------------------------------
+
+    def _cell_number(self) -> int:
+        """The number IPython gave the cell running this magic: that of the nearest calling
+        frame in a cell (the execution count has already moved on when history is stored)."""
+        frame = sys._getframe(1)
+        while frame is not None:
+            named = self.shell.compile.format_code_name(frame.f_code.co_filename)
+            if named and named[1].startswith("In[") and named[1][3:-1].isdigit():
+                return int(named[1][3:-1])
+            frame = frame.f_back
+        return self.shell.execution_count
+
+    def source_label(self, filename: str) -> str | None:
+        """`Cell In[10]` for a cell's file, as IPython labels it; None for a real file."""
+        named = self.shell.compile.format_code_name(filename)
+        return f"{named[0]} {named[1]}" if named else None
+
+    def render_traceback(self, error: BaseException) -> list[str]:
+        """IPython's structured traceback of a failed program: the short one, or with
+        `debug` IPython's own (every frame, the chained causes)."""
+        if self.debug:
+            return self.shell.InteractiveTB.structured_traceback(
+                type(error), error, error.__traceback__)
+        return tracebacks.render(error, self.source_label)
+
+
+class Status(dict):
+    """`%lmnb status`: plain data, shown as `key: value` lines."""
+
+    def __str__(self) -> str:
+        return "\n".join(f"{k}: {v}" for k, v in self.items())
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(str(self))
+
+
+class CellSyntaxError(Exception):
+    """A `%%lmprogram` cell that does not parse: shown as IPython shows a cell's SyntaxError
+    (its line and caret), not through the magic's frames; `error` is the SyntaxError."""
+
+    def __init__(self, error: SyntaxError, shell: Any, debug: bool = False) -> None:
+        super().__init__(f"{error.msg} ({error.filename}, line {error.lineno})")
+        self.error, self.shell, self.debug = error, shell, debug
+
+    @property
+    def _render_traceback_(self) -> Any:
+        if self.debug:
+            raise AttributeError("_render_traceback_")
+        return lambda: self.shell.SyntaxTB.structured_traceback(
+            type(self.error), self.error, [])
+
+
+class CellInterrupted(KeyboardInterrupt):
+    """Ctrl-C on a waiting cell, after its programs were cancelled: still a KeyboardInterrupt
+    (so Run All stops), shown as its one line unless `debug`."""
+
+    def __init__(self, text: str, debug: bool = False) -> None:
+        super().__init__(text)
+        self.debug = debug
+
+    @property
+    def _render_traceback_(self) -> Any:
+        if self.debug:
+            raise AttributeError("_render_traceback_")  # IPython's full traceback
+        return lambda: [str(self)]
+
+
+def made_a_call(state: Any) -> bool:
+    """Whether the program (or a fork of it) has started a model call."""
+    return any(e.data.get("op") in CALL_OPS for e in state.event_log.events("start"))
 
 
 def runtime_status(backend: Any) -> dict[str, Any]:
@@ -320,22 +436,27 @@ def described(info: dict[str, Any], key: str) -> str:
     return f"{info[key]}" + (f" ({reason})" if reason else "")
 
 
-def wait_or_cancel(states: list[Any], poll: float = 0.05) -> None:
-    """Wait for the programs; on Ctrl-C (the stop button) cancel them, so their requests are
-    aborted and their KV slots freed while the runtime keeps serving, then re-raise.
+def wait_or_cancel(states: list[Any], poll: float = 0.05, until: Any = None,
+                   timeout: float | None = None) -> None:
+    """Wait for the programs (or until `until()` is true, or `timeout` seconds); on Ctrl-C (the
+    stop button) cancel them, so their requests are aborted and their KV slots freed while
+    the runtime keeps serving, then raise KeyboardInterrupt with a line that says so.
 
     Polls with short sleeps rather than blocking on a lock, so the interrupt lands at once.
     """
+    end = None if timeout is None else time.monotonic() + timeout
     try:
         while not all(state.finished() for state in states):
+            if (until is not None and until()) or (end is not None and time.monotonic() > end):
+                return
             time.sleep(poll)
     except KeyboardInterrupt:
         aborted = sum(state.cancel() for state in states)
         deadline = time.monotonic() + 60
         while not all(state.finished() for state in states) and time.monotonic() < deadline:
             time.sleep(poll)
-        print(f"lmnb: cancelled; {aborted} running request(s) aborted, their KV slots freed")
-        raise
+        raise KeyboardInterrupt(f"lmnb: cancelled; {aborted} running request(s) aborted, "
+                                "their KV slots freed") from None
 
 
 def format_exception(exc: BaseException) -> str:
@@ -343,8 +464,14 @@ def format_exception(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc))
 
 
+COMMANDS = tuple(name[len("_cmd_"):] for name in vars(LmnbMagics) if name.startswith("_cmd_"))
+
+
 def load_ipython_extension(ip: Any) -> None:
-    ip.register_magics(LmnbMagics)
+    magics = LmnbMagics(shell=ip)
+    ip.register_magics(magics)
+    presentation.source_label = magics.source_label  # a failed program's site: `Cell In[10]`
+    presentation.render_traceback = magics.render_traceback
 
 
 __all__ = ["LmnbMagics", "load_ipython_extension"]
