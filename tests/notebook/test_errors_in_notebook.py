@@ -191,3 +191,12 @@ def interrupt_when_streaming(ip, name: str) -> None:
             _thread.interrupt_main()
             return
         time.sleep(0.01)
+
+
+def test_a_syntax_error_shows_as_a_cells(ip, debug_off) -> None:
+    result, text, _ = run(ip, '%%lmprogram --wait\ns += "Hi"\ns += user(f"About {city}"\n')
+    assert isinstance(result.error_in_exec.error, SyntaxError)
+    assert f"Cell In[{result.execution_count}], line 3\n" in text
+    assert text.strip().endswith("SyntaxError: '(' was never closed")
+    assert_short(text)
+    assert "Traceback" not in text
