@@ -55,7 +55,8 @@ class CacheStatsView(HtmlView):
         (p0, c0), (p1, c1) = self._recent[0], self._recent[-1]
         with self.hold_trait_notifications():
             self.hit_rate = st["hit_rate"]
-            self.recent_hit_rate = (c1 - c0) / (p1 - p0) if p1 > p0 else 0.0
+            if p1 > p0:  # no prompt in the window: the last recent rate stands
+                self.recent_hit_rate = (c1 - c0) / (p1 - p0)
             self.prompt_tokens, self.cached_tokens = st["prompt_tokens"], st["cached_tokens"]
             self.computed_prompt_tokens = st["prompt_tokens"] - st["cached_tokens"]
             self.capacity, self.free_slots = st["capacity"], st["free_slots"]
@@ -91,8 +92,8 @@ class CacheStatsView(HtmlView):
         ]
         table = "".join(f'<tr title="{escape(tip)}"><td class="lmnb-key">{k}</td>'
                         f'<td class="lmnb-num">{v}</td></tr>' for k, v, tip in rows)
-        return (f'<div class="lmnb-title"><b>cache</b> <span class="lmnb-dim" '
-                f'title="{escape(SCOPE_TIP)}">runtime since start ⓘ</span></div>'
+        return (f'<div class="lmnb-title"><b>cache</b> <span class="lmnb-dim lmnb-help" '
+                f'title="{escape(SCOPE_TIP)}">runtime since start</span></div>'
                 f'<table class="lmnb-stats">{table}</table>'
                 f'<div class="lmnb-bar" title="KV pool: in use | evictable | free">{bar}</div>'
                 f"{chart_svg(self.history, self.recent_history)}")

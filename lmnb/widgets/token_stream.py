@@ -105,10 +105,10 @@ def status_html(reads: list[Progress]) -> str:
 
 
 def calls_html(t: CallTotals) -> str:
-    return (f'<div class="lmnb-figures" title="{escape(CALLS_TIP)}">'
+    return (f'<div class="lmnb-figures lmnb-help" title="{escape(CALLS_TIP)}">'
             f"<b>this program's calls</b>: {t.num_calls} · prompt tokens {t.prompt_tokens}, "
             f"of which cached {t.cached_tokens} ({t.hit_rate:.0%}) and computed "
-            f"{t.computed_tokens} · generated {t.completion_tokens} ⓘ</div>")
+            f"{t.computed_tokens} · generated {t.completion_tokens}</div>")
 
 
 def gens_html(reads: list[Progress]) -> str:

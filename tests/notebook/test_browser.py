@@ -1,13 +1,15 @@
-"""A real browser: JupyterLab 4 and Notebook 7 from this venv, a notebook with a forking
-`%%lmprogram` cell, Debian's chromium driven by Playwright; in each front end the live radix
-tree view renders and its node count (the `data-num-nodes` attribute its JS sets) grows while
-the program runs.
+"""A real browser: JupyterLab 4 from this venv, Debian's chromium driven by Playwright, one
+notebook of three views: `%lmnb monitor` (following the runtime live), a forking
+`%%lmprogram` (its dashboard: token stream with a lane per fork, trace, tree, statistics) and
+a chat. While the forking program runs its tree view's node count (the `data-num-nodes`
+attribute the JS sets) grows; once it ended its dashboard is frozen: the chat that runs next
+grows the monitor's tree, not the forking cell's.
 
 The server listens on 127.0.0.1 on a free port with a random token, in a fresh temporary root
-and Jupyter config/runtime folders; it is always shut down, with its kernels. A screenshot is
-saved under `test-artifacts/browser/<front end>/` (the test prints the path: `page.png` the
-page, `dashboard.png` the program's cell); with `LMNB_UPDATE_DOCS=1` JupyterLab's is also copied
-to `docs/dashboard.png` for the README.
+and Jupyter config/runtime folders; it is always shut down, with its kernels. Screenshots of
+each cell in the light and the dark theme are saved under `test-artifacts/browser/jupyterlab/`
+(`<cell>-<theme>.png`; the test prints the folder); with `LMNB_UPDATE_DOCS=1` they are also
+copied to `docs/` for the README.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ CHROMIUM = os.environ.get("LMNB_CHROMIUM") or shutil.which("chromium") or shutil
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
-PROGRAM = """%%lmprogram --out st --temperature 0
+PROGRAM = """%%lmprogram --out st --temperature 0 --wait
 s += system("You are a helpful assistant.")
 s += user("Name four different fruits, one per answer.")
 forks = s.fork(4)
@@ -49,6 +51,14 @@ s += user("Name a dessert made with it.")
 s += assistant(gen("dessert", max_tokens=48))
 """  # several turns, so that a fast runtime still shows the tree growing in steps
 
+CHAT = """%%lmprogram --out chat --temperature 0
+s += system("You are a terse assistant.")
+for question in ["What is the capital of France?", "And of Spain?", "Which is larger?"]:
+    s += user(question)
+    s += assistant(gen(max_tokens=24, stop="\\n"))
+"""
+CELLS = {"monitor": "%lmnb monitor", "fork": PROGRAM, "chat": CHAT}  # cell name -> source
+
 pytestmark = pytest.mark.slow
 
 
@@ -60,10 +70,9 @@ def _need_browser() -> None:
 
 # how each front end is started, and where it opens a notebook
 FRONT_ENDS = {
-    "jupyterlab": (["jupyter-lab", "--LabApp.news_url=",
+    "jupyterlab": (["jupyter-lab", "--LabApp.news_url=", "--LabApp.expose_app_in_browser=True",
                     "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
                    "/lab/tree/{}"),
-    "notebook7": (["jupyter-notebook"], "/notebooks/{}"),
 }
 
 
@@ -82,7 +91,7 @@ def _free_port() -> int:
 
 
 def _notebook(path: Path) -> None:
-    cells = [("code", "%load_ext lmnb"), ("code", PROGRAM)]
+    cells = [("code", "%load_ext lmnb"), *(("code", src) for src in CELLS.values())]
     nb = {"nbformat": 4, "nbformat_minor": 5,
           "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                       "language": "python"}},
@@ -179,41 +188,65 @@ def _run_all(page) -> None:
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
 
 
-def test_the_tree_view_renders_and_grows_in_a_real_browser(lab) -> None:
+def test_views_in_a_real_browser_light_and_dark(lab) -> None:
     from playwright.sync_api import sync_playwright
 
     front_end, base, token, root = lab
     _notebook(root / "live.ipynb")
     artifacts = ARTIFACTS / front_end
     artifacts.mkdir(parents=True, exist_ok=True)
-    shot = artifacts / "dashboard.png"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page = browser.new_page(viewport={"width": 1400, "height": 2600})
             page.set_default_timeout(120_000)
             page.goto(base + FRONT_ENDS[front_end][1].format("live.ipynb") + f"?token={token}")
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="visible")
             _wait_kernel_idle(base, token)
             _run_all(page)
-            tree = page.locator(".lmnb-view[data-lmnb-live][data-num-nodes]").first
+            cell = {name: page.locator(".jp-Notebook .jp-Cell").nth(i + 1)
+                    for i, name in enumerate(CELLS)}
+            tree = cell["fork"].locator(".lmnb-view[data-lmnb-live][data-num-nodes]")
             tree.wait_for(state="attached", timeout=180_000)
-            seen = _watch_node_counts(page)
-            page.locator(".lmnb-view[data-lmnb-live][data-done='1']").first.wait_for(
-                state="attached", timeout=180_000)
-            time.sleep(2.5)  # the last refreshes land
+            seen = _watch_node_counts(cell["fork"])
+            done = ".lmnb-view[data-lmnb-live][data-done='1'][data-status='done']"
+            cell["fork"].locator(done).wait_for(state="attached", timeout=180_000)
+            cell["chat"].locator(done).wait_for(state="attached", timeout=180_000)
+            _wait_kernel_idle(base, token)
+            time.sleep(1.5)  # the monitor's last refreshes land
             seen.append(int(tree.get_attribute("data-num-nodes")))
+            streams = cell["fork"].locator(".lmnb-view[data-num-streams]").get_attribute(
+                "data-num-streams")
+            monitor = int(cell["monitor"].locator(".lmnb-view[data-num-nodes]").get_attribute(
+                "data-num-nodes"))
             _dismiss_news_toast(page)
-            page.screenshot(path=str(artifacts / "page.png"), full_page=True)
-            page.locator(".jp-Notebook .jp-Cell").nth(1).screenshot(path=str(shot))
+            shots = _screenshots(page, cell, artifacts)
         finally:
             browser.close()
-    print(f"\n{front_end} screenshot: {shot}  node counts seen: {seen}")
-    if os.environ.get("LMNB_UPDATE_DOCS") and front_end == "jupyterlab":
-        shutil.copy(shot, ROOT / "docs" / "dashboard.png")
+    print(f"\n{front_end} screenshots in {artifacts}: node counts seen {seen}, monitor {monitor}")
+    if os.environ.get("LMNB_UPDATE_DOCS"):
+        for shot in shots:
+            shutil.copy(shot, ROOT / "docs" / shot.name)
     assert seen[0] < seen[-1], seen  # it grew while the program ran
     assert len(set(seen)) >= 3, seen  # and not in one jump: several live updates
-    assert shot.stat().st_size > 10_000
+    assert streams == "5"  # the root and its four forks, each in the token stream
+    assert monitor > seen[-1]  # the chat grew the live monitor, not the frozen dashboard
+    assert all(shot.stat().st_size > 10_000 for shot in shots)
+
+
+def _screenshots(page, cell, artifacts: Path) -> list[Path]:
+    """Each cell in the light theme, then in the dark one."""
+    shots = []
+    for theme in ("JupyterLab Light", "JupyterLab Dark"):
+        page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', "
+                      "{theme: t})", theme)
+        time.sleep(2.0)  # the theme's CSS loads
+        for name, locator in cell.items():
+            shot = artifacts / f"{name}-{theme.split()[-1].lower()}.png"
+            locator.scroll_into_view_if_needed()
+            locator.screenshot(path=str(shot))
+            shots.append(shot)
+    return shots
 
 
 def _dismiss_news_toast(page) -> None:
@@ -225,15 +258,15 @@ def _dismiss_news_toast(page) -> None:
             button.click(timeout=2000)
 
 
-def _watch_node_counts(page, timeout: float = 180) -> list[int]:
-    """The tree view's node count every 100 ms until the program's token stream is done."""
+def _watch_node_counts(cell, timeout: float = 180) -> list[int]:
+    """The cell's tree view's node count every 100 ms until its token stream is done."""
     seen: list[int] = []
     deadline = time.time() + timeout
     while time.time() < deadline:
-        value = page.evaluate(
-            "() => { const t = document.querySelector('.lmnb-view[data-lmnb-live]"
-            "[data-num-nodes]'); const d = document.querySelector('.lmnb-view"
-            "[data-lmnb-live][data-done=\"1\"]'); return [t && t.dataset.numNodes, !!d]; }")
+        value = cell.evaluate(
+            "el => { const t = el.querySelector('.lmnb-view[data-lmnb-live][data-num-nodes]');"
+            " const d = el.querySelector('.lmnb-view[data-lmnb-live][data-done=\"1\"]');"
+            " return [t && t.dataset.numNodes, !!d]; }")
         if value[0] is not None and (not seen or seen[-1] != int(value[0])):
             seen.append(int(value[0]))
         if value[1]:
