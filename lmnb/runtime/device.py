@@ -30,9 +30,56 @@ WEIGHT_FORMATS = ("q4", "int8", "bf16", "fp32")  # linear.WEIGHT_FORMATS
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The engine's device: `device=`, else a CUDA GPU where torch sees one, else the CPU. A
+    GPU asked for where there is none raises here, naming why, not at the first tensor."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        why = ("this torch is built without CUDA" if torch.version.cuda is None else
+               "torch sees no CUDA GPU")
+        raise ValueError(f"device={str(device)!r}: {why} (torch {torch.__version__}); "
+                         "use device='cpu'")
+    if chosen.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={str(device)!r}: the engine runs on 'cpu' or 'cuda'")
+    return chosen
+
+
+ATTENTION_ENV = "LMNB_ATTENTION"
+
+
+def pick_attention(attention: str | None, device: torch.device, exact_kernels: bool,
+                   ) -> tuple[str, str]:
+    """(the torch runner's attention, why): "native" wherever the exact kernels run, else
+    `attention=`, `LMNB_ATTENTION`, "triton" on a GPU where triton imports, "torch" otherwise
+    (the reference: also the CPU's path without the kernels, as before)."""
+    if exact_kernels:
+        return "native", "the exact kernels: one query at a time"
+    source = ("asked for (attention=)" if attention is not None else
+              f"{ATTENTION_ENV} is set" if os.environ.get(ATTENTION_ENV) else None)
+    asked = attention or os.environ.get(ATTENTION_ENV)
+    if asked is not None and asked not in ("torch", "triton"):
+        raise ValueError(f"attention must be 'torch' or 'triton', not {asked!r}")
+    if asked == "torch":
+        return "torch", f"{source}: SDPA for extend, gather + cascade for decode"
+    triton_ok = triton_available()
+    if asked == "triton":
+        if not triton_ok:
+            raise ValueError("attention='triton' needs the triton package")
+        if device.type != "cuda" and not os.environ.get("TRITON_INTERPRET"):
+            raise ValueError("attention='triton' runs on a GPU (or on the CPU under "
+                             "TRITON_INTERPRET=1, for tests)")
+        return "triton", f"{source}: Triton extend and split-KV decode kernels"
+    if device.type == "cuda" and triton_ok:
+        return "triton", "default on a GPU: Triton extend and split-KV decode kernels"
+    why = "triton is not installed" if device.type == "cuda" else "on the CPU without them"
+    return "torch", f"default ({why}): SDPA for extend, gather + cascade for decode"
+
+
+def triton_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 
 
 def _cpuinfo() -> str:
@@ -147,11 +194,15 @@ def pick_weights(weights: str | None, block_types: set[str], exact_kernels: bool
     return fmt, why
 
 
-def host_to_device(values: list[int], device: torch.device,
+def host_to_device(values: list[int] | torch.Tensor, device: torch.device,
                    dtype: torch.dtype = torch.int64) -> torch.Tensor:
-    """Host integers as a tensor on `device`. On a GPU they are staged in pinned memory and
-    copied without blocking (torch's caching host allocator keeps the staging buffer alive
-    until the copy has run); elsewhere one tensor made in place, as before."""
+    """Host integers (a list, made `dtype`) or a host tensor, on `device`. On a GPU they are
+    staged in pinned memory and copied without blocking (torch's caching host allocator keeps
+    the staging buffer alive until the copy has run); elsewhere as they are, made in place."""
+    if isinstance(values, torch.Tensor):
+        if device.type != "cuda":
+            return values.to(device)
+        return values.pin_memory().to(device, non_blocking=True)
     if device.type != "cuda":
         return torch.tensor(values, dtype=dtype, device=device)
     return torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)

@@ -28,6 +28,7 @@ from lmnb.runtime.device import (
     cpu_has_native_bf16,
     cpu_name,
     parse_weights,
+    pick_attention,
     pick_device,
     pick_dtype,
     pick_kernels,
@@ -75,6 +76,8 @@ class Engine:
         deterministic: bool | None = None,
         weights: str | None = None,
         runner: str | None = None,
+        attention: str | None = None,
+        cuda_graphs: bool | None = None,
     ) -> None:
         """deterministic: run the batch-invariant kernels, so that greedy answers never depend
         on cache hits or on the batch (None: wherever they are available, i.e. on the CPU with
@@ -83,7 +86,12 @@ class Engine:
         "int8" (quantized on load), "bf16" or "fp32" (de-quantized); None: `LMNB_WEIGHTS`, else
         q4 where the file ships it and the native kernels run, else the dtype's.
         runner: "native" (the whole step in one C call, csrc/forward.c; needs the native
-        kernels), "torch" (op by op from Python), None (native wherever the kernels run)."""
+        kernels), "torch" (op by op from Python), None (native wherever the kernels run).
+        device: "cpu" or "cuda" (None: a CUDA GPU where torch sees one, else the CPU).
+        attention: the torch runner's attention without the exact kernels, "torch" or "triton"
+        (None: `LMNB_ATTENTION`, else triton on a GPU, torch on the CPU).
+        cuda_graphs: decode steps replayed from CUDA graphs per batch bucket (None: on a GPU
+        with the Triton attention; True raises where they cannot run)."""
         if weights is not None:
             parse_weights(weights)  # a bad value raises before anything loads
         files = loader.resolve(model)
@@ -101,9 +109,12 @@ class Engine:
         self.weights, self.weights_reason = pick_weights(
             weights, {b.kind for b in blocks.values()}, native is not None, self.dtype,
             files.name)
+        self.attention, self.attention_reason = pick_attention(attention, self.device,
+                                                               native is not None)
         self.model = LlamaModel(cfg, loader.load_weights(files.folder), self.dtype, self.device,
                                 native=native, runner=runner, weights_format=self.weights,
-                                blocks=blocks if self.weights == "q4" else None)
+                                blocks=blocks if self.weights == "q4" else None,
+                                attention="torch" if native else self.attention)
         self.max_context = min(self.config.max_position, max_context or self.config.max_position)
         num_slots = (max_tokens_in_cache or DEFAULT_MAX_TOKENS_IN_CACHE) + 1  # + padding sink
         self.pool = KVPool(cfg.num_layers, num_slots, cfg.num_kv_heads, cfg.head_dim,
@@ -115,7 +126,8 @@ class Engine:
         self.stats_ = EngineStats()
         self.eos_ids = set(cfg.eos_token_ids) | {self.tokenizer.eos_token_id}
         self.outputs = OutputProcessor(self.tokenizer, self.eos_ids, self.max_context,
-                                       self.config.vocab_size, seed)
+                                       self.config.vocab_size, seed, self.device)
+        self.graphs, self.graphs_reason = self._decode_graphs(cuda_graphs, max_running)
         self._grammar: Any = None
         self._rids = itertools.count(1)
         self._inbox: queue.Queue = queue.Queue()
@@ -224,13 +236,32 @@ class Engine:
                                + f"; lm_head {self.model.lm_head.format}"),
             "weight_mb_per_token": round(
                 sum(lin.nbytes for lin in [*linears, self.model.lm_head]) / 1e6, 1),
-            "attention": "native, one query at a time" if self.deterministic else
-                         "torch (SDPA for extend, gather + cascade for decode)",
+            "attention": f"{self.attention} ({self.attention_reason})",
+            "cuda_graphs": self.graphs_reason if self.graphs is None else
+                           self.graphs.describe(),
         }
         if self.device.type == "cpu":
             info["cpu"] = cpu_name()
             info["native_bf16"] = cpu_has_native_bf16()
+        else:
+            info["gpu"] = torch.cuda.get_device_name(self.device)
         return info
+
+    def _decode_graphs(self, asked: bool | None, max_running: int) -> tuple[Any, str]:
+        """(DecodeGraphs or None, why): decode steps from CUDA graphs on a GPU with the torch
+        runner and the Triton attention (nothing there synchronises with the host)."""
+        if asked is False:
+            return None, "off (cuda_graphs=False)"
+        why = ("they need a CUDA GPU" if self.device.type != "cuda" else
+               "they need the torch runner with Triton attention"
+               if self.model.runner != "torch" or self.attention != "triton" else None)
+        if why is not None:
+            if asked:
+                raise ValueError(f"cuda_graphs=True: {why}")
+            return None, f"off ({why})"
+        from lmnb.runtime.cuda_graphs import DecodeGraphs
+
+        return DecodeGraphs(self.model, max_running, self.max_context), "on"
 
     def _check_open(self) -> None:
         if self._closed is not None:
@@ -316,7 +347,8 @@ class Engine:
                 self.device,
             )
             started = time.perf_counter()
-            logits = self.model.forward(batch, self.pool, self.table.table)
+            forward = self.model.forward if self.graphs is None else self.graphs.forward
+            logits = forward(batch, self.pool, self.table.table)
         except Exception as exc:  # a failed forward fails its requests, not the engine
             with self._lock:  # and leaves the cache as before: its K/V is never inserted
                 for item in step.items:

@@ -95,7 +95,8 @@ class ReqToToken:
 
     def set(self, row: int, start: int, slots: list[int]) -> None:
         if slots:
-            self.table[row, start : start + len(slots)] = torch.tensor(slots, dtype=torch.int64)
+            self.table[row, start : start + len(slots)] = torch.tensor(
+                slots, dtype=torch.int64, device=self.table.device)
 
     def get(self, row: int, end: int) -> list[int]:
         return self.table[row, :end].tolist()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lmnb.runtime.device import host_to_device
 from lmnb.runtime.grammar.bitmask import allocate_bitmask, unpack_bitmask
 from lmnb.runtime.handle import GenerateResult, StreamChunk
 from lmnb.runtime.req import Req
@@ -21,13 +22,15 @@ from lmnb.runtime.tokenizer import Tokenizer
 class OutputProcessor:
     def __init__(
         self, tokenizer: Tokenizer, eos_ids: set[int], max_context: int, vocab_size: int,
-        seed: int,
+        seed: int, device: torch.device | None = None,
     ) -> None:
+        """device: where the logits are (the sampling generators live there too)."""
+        self.device = device or torch.device("cpu")
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.max_context = max_context
         self.vocab_size = vocab_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self._seeded: dict[int, torch.Generator] = {}
 
     # ---- before the forward ---------------------------------------------------------------
@@ -130,7 +133,7 @@ class OutputProcessor:
             for i, b in enumerate(bans):
                 if b is not None:
                     banned[i] = b
-            banned = torch.from_numpy(banned)
+            banned = host_to_device(torch.from_numpy(banned), rows[0].device)
         return sample(torch.stack(rows), [r.params for r in reqs], gens, banned)
 
     def _prompt_logprobs(self, req: Req, item: ExtendItem, w: list[int], rows: torch.Tensor):
@@ -140,7 +143,7 @@ class OutputProcessor:
         picks = [(j, item.start + off) for j, off in enumerate(w) if item.start + off <= last]
         if picks:
             lp = torch.log_softmax(rows[[j for j, _ in picks]], dim=-1)
-            nxt = torch.tensor([req.prompt_ids[q + 1] for _, q in picks])
+            nxt = torch.tensor([req.prompt_ids[q + 1] for _, q in picks], device=rows.device)
             req.prompt_logprobs.extend(lp.gather(1, nxt[:, None])[:, 0].tolist())
 
     def generator_for(self, req: Req) -> torch.Generator | None:
@@ -149,7 +152,8 @@ class OutputProcessor:
         if req.params.seed is None:
             return self.generator
         if req.rid not in self._seeded:
-            self._seeded[req.rid] = torch.Generator().manual_seed(req.params.seed)
+            self._seeded[req.rid] = torch.Generator(device=self.device).manual_seed(
+                req.params.seed)
         return self._seeded[req.rid]
 
     def banned_row(self, req: Req) -> np.ndarray | None:

@@ -2,7 +2,9 @@
 
 Owns greedy, temperature, top-k and top-p sampling, per-request seeded generators, and the
 logprob of the chosen token under the model's unconstrained distribution. Allowed-token masks
-(grammar, min_new_tokens) come in from the caller. Knows nothing of requests or the KV pool.
+(grammar, min_new_tokens) come in from the caller. Everything is computed on the logits'
+device (generators must live there too), and the chosen tokens cross to the host once, at the
+end. Knows nothing of requests or the KV pool.
 """
 
 from __future__ import annotations
@@ -18,21 +20,33 @@ def sample(
     generators: list[torch.Generator | None],
     banned: torch.Tensor | None = None,  # [batch, vocab] bool, True where a token is not allowed
 ) -> tuple[list[int], list[float]]:
+    out, chosen = sample_on_device(logits, params, generators, banned)
+    return out.tolist(), chosen.tolist()
+
+
+def sample_on_device(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+    banned: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [batch] int64, their logprobs [batch] fp32), on the logits' device."""
     logprobs = torch.log_softmax(logits, dim=-1)
     if banned is not None:
         logits = logits.masked_fill(banned, float("-inf"))
-    out = torch.empty(logits.shape[0], dtype=torch.int64)
+    out = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
     greedy = [i for i, p in enumerate(params) if p.greedy]
     if greedy:
         out[greedy] = logits[greedy].argmax(dim=-1)
     for i, p in enumerate(params):
         if not p.greedy:
             out[i] = _sample_row(logits[i], p, generators[i])
-    chosen = logprobs.gather(1, out[:, None])[:, 0]
-    return out.tolist(), chosen.tolist()
+    return out, logprobs.gather(1, out[:, None])[:, 0]
 
 
-def _sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> int:
+def _sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None,
+                ) -> torch.Tensor:
+    """One token id (a 0-d tensor on the logits' device: no synchronisation per row)."""
     logits = logits / p.temperature
     if p.top_k > 0 and p.top_k < logits.shape[-1]:
         kth = torch.topk(logits, p.top_k).values[-1]
@@ -44,4 +58,4 @@ def _sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | 
         drop = cum - sorted_probs > p.top_p  # keep the smallest set whose mass reaches top_p
         sorted_probs[drop] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=gen))
+    return torch.multinomial(probs, 1, generator=gen)[0]

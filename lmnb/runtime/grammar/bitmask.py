@@ -17,8 +17,9 @@ def num_words(vocab_size: int) -> int:
 
 
 def allocate_bitmask(batch_size: int, vocab_size: int) -> torch.Tensor:
-    """An all-allowed bitmask: [batch_size, num_words(vocab_size)] int32, every bit set."""
-    return torch.full((batch_size, num_words(vocab_size)), -1, dtype=torch.int32)
+    """An all-allowed bitmask: [batch_size, num_words(vocab_size)] int32, every bit set; in
+    host memory, where the matcher writes it."""
+    return torch.full((batch_size, num_words(vocab_size)), -1, dtype=torch.int32, device="cpu")
 
 
 def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int, out: torch.Tensor | None = None

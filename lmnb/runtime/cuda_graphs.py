@@ -1,0 +1,84 @@
+"""CUDA graphs for decode steps: the torch runner's decode forward captured once per batch
+bucket and replayed, so a step costs one launch instead of one per op.
+
+Owns the buckets, each bucket's static inputs and captured graph, and padding a decode batch up
+to its bucket. Only on CUDA with the Triton attention: its decode takes nothing but device
+tensors and a fixed number of key splits, so no op in the step synchronises with the host or
+changes shape with the lengths (the torch path's cascade does both). Padding rows decode token
+0 at position 0 into slot 0 (the pool's padding sink) over one key; their logits are dropped.
+Knows nothing of requests or sampling. Never runs without a GPU: the engine makes one only
+where `torch.cuda.is_available()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lmnb.runtime.attention import AttentionPlan, triton_splits
+from lmnb.runtime.batch import ForwardBatch
+from lmnb.runtime.kv_pool import KVPool
+from lmnb.runtime.model import LlamaModel
+
+BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128)
+
+
+@dataclass
+class Captured:
+    graph: torch.cuda.CUDAGraph
+    inputs: torch.Tensor  # [5, bucket] int64: ids, positions, out slots, rows, lens
+    logits: torch.Tensor  # [bucket, vocab] fp32, rewritten by every replay
+
+
+class DecodeGraphs:
+    def __init__(self, model: LlamaModel, max_batch: int, max_context: int) -> None:
+        if model.attention != "triton" or model.runner != "torch":
+            raise ValueError("CUDA graphs need the torch runner with Triton attention")
+        self.model = model
+        self.buckets = sorted({b for b in BUCKETS if b < max_batch} | {max_batch})
+        self.splits = triton_splits(max_context)  # fixed: the graph cannot change it
+        self.captured: dict[int, Captured] = {}
+        self.memory = torch.cuda.graph_pool_handle()  # one pool shared by every bucket
+
+    def describe(self) -> str:
+        done = sorted(self.captured)
+        return (f"decode at batch buckets {self.buckets}, captured on first use "
+                f"(captured so far: {done or 'none'})")
+
+    def forward(self, batch: ForwardBatch, pool: KVPool, table: torch.Tensor) -> torch.Tensor:
+        """`LlamaModel.forward`'s contract; decode steps that fit a bucket replay its graph.
+        The logits returned are the graph's buffer: read them before the next step."""
+        n = len(batch.rows)
+        if not batch.is_decode or n > self.buckets[-1]:
+            return self.model.forward(batch, pool, table)
+        size = next(b for b in self.buckets if b >= n)
+        entry = self.captured.get(size) or self._capture(size, pool, table)
+        pad = size - n
+        host = torch.tensor([
+            batch.input_ids.tolist() + [0] * pad, batch.positions.tolist() + [0] * pad,
+            batch.out_slots.tolist() + [0] * pad, batch.rows + [batch.rows[0]] * pad,
+            batch.seq_lens + [1] * pad], dtype=torch.int64)
+        entry.inputs.copy_(host.pin_memory(), non_blocking=True)
+        entry.graph.replay()
+        return entry.logits[:n]
+
+    def _capture(self, size: int, pool: KVPool, table: torch.Tensor) -> Captured:
+        device = table.device
+        inputs = torch.zeros((5, size), dtype=torch.int64, device=device)
+        inputs[4] = 1  # every padding query sees one key
+        ids, positions, slots, rows, lens = inputs
+        batch = ForwardBatch(True, ids, positions, slots, [0] * size, [1] * size, [1] * size,
+                             torch.arange(size, device=device))
+        plan = AttentionPlan([], 0, size, None, None, None, rows, lens, kernels="triton",
+                             splits=self.splits)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm up (compiles the kernels) off the graph
+            self.model.forward(batch, pool, table, plan=plan)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.memory):
+            logits = self.model.forward(batch, pool, table, plan=plan)
+        self.captured[size] = Captured(graph, inputs, logits)
+        return self.captured[size]
