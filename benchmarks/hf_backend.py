@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -56,10 +57,14 @@ class HFRuntime(TokenBackend):
 
     `model` is an HF folder or a `.gguf` path as `Engine` takes it (default: the default model,
     from the same converted folder the engine loads); `dtype` defaults to the engine's choice
-    for this machine, so both compute in the same precision.
+    for this machine, so both compute in the same precision. `device`: where the model runs
+    (default `LMNB_HF_DEVICE`, else the CPU; `benchmarks/gpu_check.py` sets it to cuda so
+    both systems share the GPU).
     """
 
-    def __init__(self, model: str | None = None, dtype: Any = None, seed: int = 0) -> None:
+    def __init__(self, model: str | None = None, dtype: Any = None, seed: int = 0,
+                 device: Any = None) -> None:
+        import torch
         from transformers import AutoModelForCausalLM
 
         from lmnb.runtime import loader
@@ -73,8 +78,9 @@ class HFRuntime(TokenBackend):
         self.tokenizer = Tokenizer(files.folder)
         # the dtype an engine with its kernels picks on this machine, for like-for-like runs
         self.dtype = pick_dtype(dtype, pick_device(None), exact_kernels=True)[0]
+        self.device = torch.device(device or os.environ.get("LMNB_HF_DEVICE") or "cpu")
         hf = AutoModelForCausalLM.from_pretrained(str(files.folder), dtype=self.dtype)
-        self.model = hf.eval()
+        self.model = hf.to(self.device).eval()
         self.vocab_size = int(self.model.config.vocab_size)
         self.max_context = int(self.model.config.max_position_embeddings)
         eos = self.model.config.eos_token_id
@@ -83,7 +89,7 @@ class HFRuntime(TokenBackend):
         # the engine's own per-token decisions (masks, EOS/stops, min/max tokens, grammar,
         # results): only the forward differs
         self.outputs = OutputProcessor(self.tokenizer, self.eos_ids, self.max_context,
-                                       self.vocab_size, seed)
+                                       self.vocab_size, seed, self.device)
         self._rids = itertools.count(1)
         self.stats_ = HFStats()
         self._lock = threading.Lock()
@@ -183,12 +189,13 @@ class HFRuntime(TokenBackend):
 
         start = None if params.logprob_start_len is None else max(params.logprob_start_len, 1)
         keep = 1 if start is None else max(len(ids) - start + 1, 1)
-        out = self.model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=keep)
+        out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True,
+                         logits_to_keep=keep)
         self._count(extend=len(ids), prompt=len(ids))
         logits = out.logits[0].float()  # [keep, vocab]
         prompt_logprobs = None
         if start is not None:
-            targets = torch.tensor(ids[start:], dtype=torch.long)
+            targets = torch.tensor(ids[start:], dtype=torch.long, device=self.device)
             lp = torch.log_softmax(logits[: len(targets)], dim=-1)
             prompt_logprobs = lp.gather(1, targets[:, None])[:, 0].tolist()
         return logits[-1], _kv_cache(out), prompt_logprobs or []
@@ -196,7 +203,7 @@ class HFRuntime(TokenBackend):
     def _decode(self, token: int, cache: Any) -> tuple[Any, Any]:
         import torch
 
-        out = self.model(input_ids=torch.tensor([[token]]), use_cache=True,
+        out = self.model(input_ids=torch.tensor([[token]], device=self.device), use_cache=True,
                          **{self._cache_kwarg: cache})
         self.stats_.computed_tokens += 1
         self.stats_.decode_steps += 1

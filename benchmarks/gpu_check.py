@@ -1,0 +1,195 @@
+"""The GPU checks in one run, for a machine with a CUDA GPU (a few minutes on a recent one).
+
+1. tests: the `gpu`-marked tests, and the Triton kernels' and device-clean tests, which run
+   compiled on the GPU there (`TRITON_INTERPRET` is set only where there is no GPU);
+2. greedy parity on the default model: the GPU engine (fp32, and bf16) against the CPU
+   engine (fp32, the exact kernels): equal tokens, and where they first part;
+3. benchmark, lmnb on the GPU vs transformers on the same GPU: prefill (4 x 512 tokens),
+   decode at batch 1, 8 and 64 (128 new tokens each), a decode step at batch 64 against the
+   bandwidth roofline (the bytes it must read: weights once, every request's K/V, over the
+   GPU's measured copy bandwidth), and the programs benchmark (`bench_programs.py --quick`
+   with transformers on the GPU too: `LMNB_HF_DEVICE=cuda`).
+
+    python benchmarks/gpu_check.py [--skip-tests] [--skip-programs]
+
+Writes benchmarks/results/gpu.json (the GPU named; targets: programs >= 10x transformers,
+decode at batch 64 >= 50% of the roofline) and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):",
+           "Write a haiku about the sea.", "List three prime numbers:"]
+
+
+def run_tests() -> dict[str, Any]:
+    suites = {"gpu-marked": ["-m", "gpu", "tests"],
+              "triton + device-clean": ["tests/runtime/test_triton_attention.py",
+                                        "tests/runtime/test_device_clean.py"]}
+    out = {}
+    for name, args in suites.items():
+        started = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", *args], cwd=ROOT,
+                              capture_output=True, text=True)
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+        out[name] = {"exit": proc.returncode, "seconds": round(time.perf_counter() - started),
+                     "tail": tail}
+        print(f"[tests] {name}: exit {proc.returncode}; {tail[-1] if tail else ''}")
+    return out
+
+
+def greedy(engine: Any, n: int = 48) -> list[list[int]]:
+    handles = [engine.generate(p, max_new_tokens=n, ignore_eos=True) for p in PROMPTS]
+    return [h.result(timeout=600).output_ids for h in handles]
+
+
+def parity() -> dict[str, Any]:
+    from lmnb.runtime import Engine
+
+    with Engine(device="cpu", dtype="float32") as cpu:
+        ref = greedy(cpu)
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        with Engine(device="cuda", dtype=dtype) as gpu:
+            got = greedy(gpu)
+            info = gpu.describe()
+        first = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), None)
+                 for x, y in zip(got, ref)]
+        out[dtype] = {"equal": sum(x == y for x, y in zip(got, ref)), "of": len(ref),
+                      "first_difference": first, "attention": info["attention"],
+                      "cuda_graphs": info["cuda_graphs"]}
+        print(f"[parity] GPU {dtype} vs CPU fp32: {out[dtype]['equal']}/{len(ref)} equal, "
+              f"first differences at {first}")
+    return out
+
+
+def copy_bandwidth() -> float:
+    """GB/s of a 1 GiB device-to-device copy (read + write), best of 5."""
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        dst.copy_(src)
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.numel() / best / 1e9
+
+
+def timed(fn: Any) -> float:
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def bench_lmnb(engine: Any, prompts: list[list[int]], new: int) -> float:
+    engine.flush_cache()
+    handles = [engine.generate(p, max_new_tokens=new, ignore_eos=True) for p in prompts]
+    return timed(lambda: [h.result(timeout=600) for h in handles])
+
+
+def bench_hf(model: Any, prompts: list[list[int]], new: int) -> float:
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device="cuda")
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
+                        device="cuda")
+    with torch.inference_mode():
+        return timed(lambda: model.generate(input_ids=ids, attention_mask=mask,
+                                            max_new_tokens=new, min_new_tokens=new,
+                                            do_sample=False, pad_token_id=0))
+
+
+def benchmark() -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM
+
+    from lmnb.runtime import Engine
+
+    engine = Engine(device="cuda")
+    gen = torch.Generator().manual_seed(0)
+    vocab = engine.config.vocab_size
+
+    def prompts(n: int, length: int) -> list[list[int]]:
+        return torch.randint(100, vocab, (n, length), generator=gen).tolist()
+
+    hf = AutoModelForCausalLM.from_pretrained(engine.model_path, dtype=engine.dtype).cuda()
+    hf = hf.eval()
+    out: dict[str, Any] = {"engine": engine.describe()}
+    bench_lmnb(engine, prompts(2, 32), 8)  # warm up: kernels compiled, graphs captured
+    bench_hf(hf, prompts(2, 32), 8)
+    p = prompts(4, 512)
+    lm_s, hf_s = bench_lmnb(engine, p, 1), bench_hf(hf, p, 1)
+    out["prefill_4x512"] = {"lmnb_tok_s": 2048 / lm_s, "transformers_tok_s": 2048 / hf_s}
+    for batch in (1, 8, 64):
+        p, new = prompts(batch, 32), 128
+        bench_lmnb(engine, p, 4)  # this bucket's graph captured before timing
+        lm_s, hf_s = bench_lmnb(engine, p, new), bench_hf(hf, p, new)
+        out[f"decode_b{batch}"] = {"lmnb_tok_s": batch * new / lm_s,
+                                   "transformers_tok_s": batch * new / hf_s,
+                                   "lmnb_step_ms": 1e3 * lm_s / new}
+    cfg = engine.config
+    kv_bytes = (64 * (32 + 64) * cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim
+                * engine.pool.k.element_size())  # the mean context: prompt + half the output
+    step_bytes = engine.describe()["weight_mb_per_token"] * 1e6 + kv_bytes
+    bandwidth = copy_bandwidth()
+    step_s = out["decode_b64"]["lmnb_step_ms"] / 1e3
+    out["roofline_b64"] = {"bytes_per_step": step_bytes, "copy_gb_s": bandwidth,
+                           "achieved_gb_s": step_bytes / step_s / 1e9,
+                           "percent": 100 * step_bytes / step_s / 1e9 / bandwidth}
+    engine.shutdown()
+    for key, value in out.items():
+        if key != "engine":
+            print(f"[bench] {key}: {json.dumps(value, default=round)}")
+    return out
+
+
+def programs() -> dict[str, Any]:
+    env = {**os.environ, "LMNB_HF_DEVICE": "cuda"}
+    proc = subprocess.run([sys.executable, "benchmarks/bench_programs.py", "--quick",
+                           "--no-llama", "--no-plot", "--name", "programs_gpu"], cwd=ROOT,
+                          env=env, capture_output=True, text=True)
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-25:]
+    print("[programs]\n" + "\n".join(tail))
+    return {"exit": proc.returncode, "results": "benchmarks/results/programs_gpu.json",
+            "tail": tail}
+
+
+def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    args.add_argument("--skip-tests", action="store_true")
+    args.add_argument("--skip-programs", action="store_true")
+    opts = args.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA GPU here (torch.cuda.is_available() is False)")
+    results: dict[str, Any] = {"gpu": torch.cuda.get_device_name(),
+                               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    if not opts.skip_tests:
+        results["tests"] = run_tests()
+    results["parity"] = parity()
+    results["benchmark"] = benchmark()
+    if not opts.skip_programs:
+        results["programs"] = programs()
+    path = ROOT / "benchmarks" / "results" / "gpu.json"
+    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print(f"written {path.relative_to(ROOT)} ({results['gpu']})")
+
+
+if __name__ == "__main__":
+    main()
