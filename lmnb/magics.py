@@ -415,12 +415,14 @@ def engine_status(info: dict[str, Any], st: dict[str, Any]) -> dict[str, Any]:
     runner where describe() reports them)."""
     return {
         "model": info["model"],
-        "device": info["device"] + (f" ({info['cpu']})" if "cpu" in info else ""),
+        "device": info["device"] + next((f" ({info[k]})" for k in ("cpu", "gpu") if k in info),
+                                        ""),
         "dtype": f"{info['dtype']} ({info['dtype_reason']})",
         **{key: described(info, key) for key in ("weights", "runner") if key in info},
         "exact": ("yes: batch-invariant kernels, cache hits never change an answer"
                   if info["deterministic"] else "no: " + info["kernels"]),
-        "kernels": f"linear {info['linear']}; attention {info['attention']}",
+        "kernels": f"linear {info['linear']}; attention {info['attention']}"
+                   + (f"; CUDA graphs {info['cuda_graphs']}" if "gpu" in info else ""),
         "policy": st["policy"],
         "pool": f"{st['capacity'] - st['free_slots']}/{st['capacity']} slots used "
                 f"({st['evictable_slots']} evictable, {st['protected_slots']} in use)",
