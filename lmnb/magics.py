@@ -131,6 +131,10 @@ class LmnbMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self.started: lm.Runtime | None = None  # the runtime `%lmnb start` made, if any
         self.connected: lm.RuntimeEndpoint | None = None  # the endpoint of `%lmnb connect`
+        # views of cells that returned while their programs ran: (view, display handle, states)
+        self.unsettled: list[tuple[Any, Any, list[Any]]] = []
+        if shell is not None:
+            shell.events.register("post_execute", self.settle_views)
 
     # ---- %%lmprogram ----------------------------------------------------------------------
 
@@ -193,6 +197,8 @@ class LmnbMagics(Magics):
                 state.sync()
         view = self._view(opts.view, backend, states)
         shown = display(view, display_id=True) if view is not None else None
+        if view is not None and not opts.wait:
+            self.unsettled.append((view, shown, states))
         if opts.wait:
             self._wait(states)
             if view is not None:
@@ -201,6 +207,17 @@ class LmnbMagics(Magics):
             for state in states:
                 state.sync()  # raises ProgramError (its __cause__ has the cell's frames)
         return None
+
+    def settle_views(self) -> None:
+        """After each cell (on the kernel's thread): a view whose programs have ended since
+        gets its final picture into its output's static HTML too (a saved notebook shows the
+        moment the program ended, not the moment its cell returned)."""
+        for entry in list(self.unsettled):
+            view, shown, states = entry
+            if all(state.finished() or state.progress().done for state in states):
+                view.refresh()
+                shown.update(view)
+                self.unsettled.remove(entry)
 
     def _wait(self, states: list[Any], until: Any = None, timeout: float | None = None) -> None:
         """`wait_or_cancel`, with Ctrl-C shown as one line (`CellInterrupted`)."""

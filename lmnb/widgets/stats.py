@@ -80,8 +80,9 @@ class CacheStatsView(HtmlView):
                                         ("evictable", self.evictable_slots, "#f39c12"),
                                         ("free", self.free_slots, "#d5dbdb")))
         rows = [
-            ("hit rate", f"<b>{self.hit_rate:.1%}</b> since start, {self.recent_hit_rate:.1%} "
-                         "recent (~5 s)", HIT_TIP),
+            ("hit rate", f"<b>{self.hit_rate:.1%}</b> since start, " + (
+                f"{self.recent_hit_rate:.1%} recent (~5 s)" if len(self._recent) > 1 else
+                "recent: a live view measures it"), HIT_TIP),
             ("prompt tokens", f"{self.prompt_tokens}: {self.cached_tokens} cached, "
                               f"{self.computed_prompt_tokens} computed", PROMPT_TIP),
             ("KV pool", f"{self.in_use_slots} in use, {self.evictable_slots} evictable, "

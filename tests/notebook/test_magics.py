@@ -65,6 +65,22 @@ def test_default_returns_at_once_and_runs_in_the_background(ip) -> None:
     assert bg.error() is None
 
 
+def test_a_returned_cells_saved_picture_is_the_programs_end(ip, monkeypatch) -> None:
+    """A cell without --wait: after a later cell, once the program has ended, its output's
+    static HTML is updated to the frozen picture (what a saved notebook keeps)."""
+    magics = ip.magics_manager.registry["LmnbMagics"]
+    updates = []
+    monkeypatch.setattr("IPython.display.DisplayHandle.update",
+                        lambda self, obj, **kw: updates.append(obj._repr_html_()))
+    cell(ip, "--out later --max-tokens 8 --temperature 0", GREET)
+    [(view, _, _)] = magics.unsettled
+    assert "running" in view._repr_html_()
+    ip.user_ns["later"].sync()
+    ip.run_cell("pass")  # the next cell's post_execute settles the view
+    assert magics.unsettled == [] and view.frozen
+    assert len(updates) == 1 and "lmnb-status-done" in updates[0]
+
+
 def test_define_form_makes_a_real_function(ip) -> None:
     cell(ip, "qa(question, n=3)",
          's += user(question)\ns += assistant(gen("answer", max_tokens=n))\n')
