@@ -45,6 +45,7 @@ class CacheStatsView(HtmlView):
         super().__init__(**kwargs)
         self.engine = engine_of(runtime_or_engine)
         self._recent: deque[tuple[int, int]] = deque(maxlen=window)
+        self._measured = False  # whether a prompt came while this view refreshed
         self.runs_on = runs_on(self.engine)
         self.refresh()
         self.poller = Poller(self, done=done) if live else None
@@ -57,6 +58,7 @@ class CacheStatsView(HtmlView):
             self.hit_rate = st["hit_rate"]
             if p1 > p0:  # no prompt in the window: the last recent rate stands
                 self.recent_hit_rate = (c1 - c0) / (p1 - p0)
+                self._measured = True
             self.prompt_tokens, self.cached_tokens = st["prompt_tokens"], st["cached_tokens"]
             self.computed_prompt_tokens = st["prompt_tokens"] - st["cached_tokens"]
             self.capacity, self.free_slots = st["capacity"], st["free_slots"]
@@ -81,8 +83,8 @@ class CacheStatsView(HtmlView):
                                         ("free", self.free_slots, "#d5dbdb")))
         rows = [
             ("hit rate", f"<b>{self.hit_rate:.1%}</b> since start, " + (
-                f"{self.recent_hit_rate:.1%} recent (~5 s)" if len(self._recent) > 1 else
-                "recent: a live view measures it"), HIT_TIP),
+                f"{self.recent_hit_rate:.1%} recent (~5 s)" if self._measured else
+                "recent: no prompt seen while this view looked"), HIT_TIP),
             ("prompt tokens", f"{self.prompt_tokens}: {self.cached_tokens} cached, "
                               f"{self.computed_prompt_tokens} computed", PROMPT_TIP),
             ("KV pool", f"{self.in_use_slots} in use, {self.evictable_slots} evictable, "
