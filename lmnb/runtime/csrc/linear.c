@@ -700,15 +700,17 @@ static int decode_once(TileFn fn, int mode, int mr, int64_t rows, int64_t k,
 #endif
 }
 
-/* Every tile of y [m, n], work items of ROW_BLOCK rows x COL_BLOCK panels over the threads.
- * x_row: the bytes of one row of x. */
+/* Every tile of y [m, n], work items of ROW_BLOCK rows x COL_BLOCK panels over the threads,
+ * handed out one at a time (a thread that another process slows down takes fewer items, rather
+ * than every thread waiting for its fixed share; which thread computes an element never
+ * changes its bits). x_row: the bytes of one row of x. */
 static void all_tiles(TileFn fn, int mode, int mr, const void *x, int64_t x_row, int64_t m,
                       int64_t k, Panels w, int64_t n, const float *bias, float *y,
                       int num_threads) {
     const int64_t panels = (n + PANEL - 1) / PANEL;
     const int64_t col_blocks = (panels + COL_BLOCK - 1) / COL_BLOCK;
     const int64_t row_blocks = (m + ROW_BLOCK - 1) / ROW_BLOCK;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(num_threads)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(num_threads)
     for (int64_t rb = 0; rb < row_blocks; rb++) {
         for (int64_t cb = 0; cb < col_blocks; cb++) {
             const int64_t p_end = (cb + 1) * COL_BLOCK < panels ? (cb + 1) * COL_BLOCK : panels;
