@@ -63,7 +63,7 @@ def test_the_checker_catches_a_tensor_made_without_a_device() -> None:
 def test_an_engine_step_keeps_every_tensor_on_its_device() -> None:
     """The torch runner (forward, cascade decode), the sampler (greedy, seeded top-k/top-p),
     grammar masks with jump-forward, min_new_tokens, output and prompt logprobs."""
-    eng = CheckedEngine(deterministic=False, runner="torch", max_tokens_in_cache=2048,
+    eng = CheckedEngine(device="cpu", deterministic=False, runner="torch", max_tokens_in_cache=2048,
                         cuda_graphs=False)
     try:
         shared = "You are a careful assistant. Answer in one short sentence, please. " * 3
