@@ -36,7 +36,7 @@ from lmnb.runtime.device import (
 )
 from lmnb.runtime.handle import GenerateHandle
 from lmnb.runtime.kv_pool import KVPool, ReqToToken
-from lmnb.runtime.model import LlamaModel
+from lmnb.runtime.model import LlamaModel, check_runner
 from lmnb.runtime.outputs import OutputProcessor
 from lmnb.runtime.params import SamplingParams
 from lmnb.runtime.radix_cache import RadixCache
@@ -94,6 +94,7 @@ class Engine:
         with the Triton attention; True raises where they cannot run)."""
         if weights is not None:
             parse_weights(weights)  # a bad value raises before anything loads
+        check_runner(runner)  # likewise
         files = loader.resolve(model)
         self.model_name = files.name
         self.model_path = str(files.folder)  # the local folder the weights and tokenizer load from

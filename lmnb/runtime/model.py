@@ -138,10 +138,14 @@ class LlamaModel:
         return self.lm_head(h).float()
 
 
-def pick_runner(runner: str | None, native: NativeKernels | None) -> tuple[str, str]:
-    """(runner, why): the native forward wherever the native kernels run, unless asked not."""
+def check_runner(runner: object) -> None:
     if runner not in (None, "native", "torch"):
         raise ValueError(f"runner must be 'native', 'torch' or None, not {runner!r}")
+
+
+def pick_runner(runner: str | None, native: NativeKernels | None) -> tuple[str, str]:
+    """(runner, why): the native forward wherever the native kernels run, unless asked not."""
+    check_runner(runner)
     if runner == "torch":
         return "torch", "asked for (runner='torch')"
     if native is not None:

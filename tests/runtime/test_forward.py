@@ -137,3 +137,5 @@ def test_the_engine_says_which_runner_and_why(engine) -> None:
         pick_runner("compiled", native)
     with pytest.raises(ValueError, match="needs the native kernels"):
         Engine(runner="native", deterministic=False)
+    with pytest.raises(ValueError, match="runner must be"):  # before a missing model is found
+        Engine(model="/nonexistent/model", runner="compiled")
