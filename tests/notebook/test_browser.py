@@ -8,8 +8,8 @@ grows the monitor's tree, not the forking cell's.
 The server listens on 127.0.0.1 on a free port with a random token, in a fresh temporary root
 and Jupyter config/runtime folders; it is always shut down, with its kernels. Screenshots of
 each cell in the light and the dark theme are saved under `test-artifacts/browser/jupyterlab/`
-(`<cell>-<theme>.png`; the test prints the folder); with `LMNB_UPDATE_DOCS=1` they are also
-copied to `docs/` for the README.
+(`<cell>-<theme>.png`; the test prints the folder); with `LMNB_UPDATE_DOCS=1` three of them
+become the README's pictures in `docs/`.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ for question in ["What is the capital of France?", "And of Spain?", "Which is la
     s += assistant(gen(max_tokens=24, stop="\\n"))
 """
 CELLS = {"monitor": "%lmnb monitor", "fork": PROGRAM, "chat": CHAT}  # cell name -> source
+DOCS = {"fork-light.png": "dashboard.png", "chat-dark.png": "chat-dark.png",
+        "monitor-light.png": "monitor.png"}  # screenshot -> the README's picture in docs/
 
 pytestmark = pytest.mark.slow
 
@@ -224,9 +226,9 @@ def test_views_in_a_real_browser_light_and_dark(lab) -> None:
         finally:
             browser.close()
     print(f"\n{front_end} screenshots in {artifacts}: node counts seen {seen}, monitor {monitor}")
-    if os.environ.get("LMNB_UPDATE_DOCS"):
-        for shot in shots:
-            shutil.copy(shot, ROOT / "docs" / shot.name)
+    if os.environ.get("LMNB_UPDATE_DOCS"):  # the README's pictures
+        for name, doc in DOCS.items():
+            shutil.copy(artifacts / name, ROOT / "docs" / doc)
     assert seen[0] < seen[-1], seen  # it grew while the program ran
     assert len(set(seen)) >= 3, seen  # and not in one jump: several live updates
     assert streams == "5"  # the root and its four forks, each in the token stream
