@@ -19,6 +19,8 @@ Knows nothing of layers or attention.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 
@@ -124,7 +126,7 @@ class Linears:
     matrix of any other type in fp32; `bf16` takes the bf16 pairs only with bf16
     activations). Without it, the format's values are de-quantized into `dtype` for torch."""
 
-    def __init__(self, weights: dict[str, torch.Tensor], dtype: torch.dtype,
+    def __init__(self, weights: Mapping[str, torch.Tensor], dtype: torch.dtype,
                  device: torch.device, pack: bool = True, native: NativeKernels | None = None,
                  fmt: str | None = None, blocks: dict[str, GGUFBlocks] | None = None) -> None:
         if fmt is not None and fmt not in WEIGHT_FORMATS:

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -117,13 +118,29 @@ def load_config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
-def load_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+class LazyWeights(Mapping[str, torch.Tensor]):
+    """A folder's safetensors by name, each read when first asked for (a q4 engine reads the
+    norms and the embedding only: the matrices come from the GGUF's blocks)."""
 
-    tensors: dict[str, torch.Tensor] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(str(f)))
-    return tensors
+    def __init__(self, folder: Path) -> None:
+        from safetensors import safe_open
+
+        self._files = [safe_open(str(f), framework="pt")
+                       for f in sorted(folder.glob("*.safetensors"))]
+        self._where = {name: f for f in self._files for name in f.keys()}  # noqa: SIM118 (not iterable)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._where[name].get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def load_weights(folder: Path) -> Mapping[str, torch.Tensor]:
+    return LazyWeights(folder)
 
 
 # ---- quantized tensors as they ship ---------------------------------------------------------

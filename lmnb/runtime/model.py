@@ -11,6 +11,8 @@ reference, and the path without the kernels, on a GPU, or with `deterministic=Fa
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import torch
 import torch.nn.functional as F
 
@@ -26,13 +28,13 @@ from lmnb.runtime.rope import RotaryTable
 
 
 class Layer:
-    def __init__(self, w: dict[str, torch.Tensor], prefix: str, cfg: ModelConfig,
+    def __init__(self, w: Callable[[str], torch.Tensor], prefix: str, cfg: ModelConfig,
                  linears: Linears) -> None:
         a, m = f"{prefix}.self_attn", f"{prefix}.mlp"
-        self.input_norm = w[f"{prefix}.input_layernorm.weight"]
-        self.post_norm = w[f"{prefix}.post_attention_layernorm.weight"]
+        self.input_norm = w(f"{prefix}.input_layernorm.weight")
+        self.post_norm = w(f"{prefix}.post_attention_layernorm.weight")
         qkv_bias = (
-            torch.cat([w[f"{a}.{p}_proj.bias"] for p in "qkv"]) if cfg.qkv_bias else None
+            torch.cat([w(f"{a}.{p}_proj.bias") for p in "qkv"]) if cfg.qkv_bias else None
         )
         self.qkv = linears([f"{a}.{p}_proj.weight" for p in "qkv"], qkv_bias)
         self.o = linears([f"{a}.o_proj.weight"])
@@ -44,7 +46,7 @@ class LlamaModel:
     def __init__(
         self,
         cfg: ModelConfig,
-        weights: dict[str, torch.Tensor],
+        weights: Mapping[str, torch.Tensor],
         dtype: torch.dtype,
         device: torch.device,
         pack_weights: bool = True,
@@ -68,12 +70,14 @@ class LlamaModel:
         self.cfg = cfg
         self.dtype = dtype
         self.device = device
-        w = {k: v.to(device=device, dtype=dtype) for k, v in weights.items()}
-        self.embed = w["model.embed_tokens.weight"]
+        def w(name: str) -> torch.Tensor:  # read when needed (q4: the matrices never are)
+            return weights[name].to(device=device, dtype=dtype)
+
+        self.embed = w("model.embed_tokens.weight")
         linears = Linears(weights, dtype, device, pack_weights, native, weights_format, blocks)
         self.lm_head = linears(["model.embed_tokens.weight" if cfg.tie_word_embeddings
                                 else "lm_head.weight"])
-        self.norm = w["model.norm.weight"]
+        self.norm = w("model.norm.weight")
         self.native = native
         self.layers = [Layer(w, f"model.layers.{i}", cfg, linears)
                        for i in range(cfg.num_layers)]
