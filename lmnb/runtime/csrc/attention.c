@@ -265,12 +265,15 @@ static float lane_sum(const float *lanes) {
     return t[0];
 }
 
-/* Queries first .. first+count-1, all of one request (table row `slots`). */
+/* Queries first .. first+count-1, all of one request (table row `slots`), their heads of kv
+ * heads g0 .. g1-1 (each head's arithmetic is its own: which heads a call covers never changes
+ * a bit). */
 static int tile(const float *q, const void *k, const void *v, int bf16, const int64_t *slots,
-                const int64_t *lens, int count, int64_t heads, int64_t kv_heads, int64_t dim,
-                float scale, float *out) {
+                const int64_t *lens, int count, int64_t heads, int64_t kv_heads, int64_t g0,
+                int64_t g1, int64_t dim, float scale, float *out) {
     const int64_t group = heads / kv_heads, row = kv_heads * dim;
-    const int64_t row_bytes = row * (bf16 ? 2 : 4);
+    const int64_t elem = bf16 ? 2 : 4, row_bytes = row * elem;
+    const int64_t h0 = g0 * group, h1 = g1 * group; /* the heads this call computes */
     int64_t longest = 0;
     for (int i = 0; i < count; i++) longest = lens[i] > longest ? lens[i] : longest;
     float *kt = malloc(sizeof(float) * (size_t)(dim * BLOCK));
@@ -291,11 +294,12 @@ static int tile(const float *q, const void *k, const void *v, int bf16, const in
         free(pair_query);
         return 1;
     }
-    for (int64_t i = 0; i < count * heads * dim; i++) out[i] = 0.0f; /* the accumulators */
-    for (int64_t i = 0; i < count * heads; i++) {
-        runs[i].max = -INFINITY;
-        for (int l = 0; l < BLOCK; l++) runs[i].sum[l] = 0.0f;
-    }
+    for (int i = 0; i < count; i++)
+        for (int64_t h = h0; h < h1; h++) {
+            for (int64_t d = 0; d < dim; d++) out[(i * heads + h) * dim + d] = 0.0f; /* accs */
+            runs[i * heads + h].max = -INFINITY;
+            for (int l = 0; l < BLOCK; l++) runs[i * heads + h].sum[l] = 0.0f;
+        }
     int64_t block_slots[BLOCK];
     for (int64_t start = 0; start < longest; start += BLOCK) {
         const int present = longest - start < BLOCK ? (int)(longest - start) : BLOCK;
@@ -303,10 +307,11 @@ static int tile(const float *q, const void *k, const void *v, int bf16, const in
         /* the next block's k and v rows: slots are scattered over the pool, which the
          * hardware prefetcher cannot guess, and the step is bound by reading them */
         for (int64_t j = start + AHEAD * BLOCK; j < longest && j < start + (AHEAD + 1) * BLOCK; j++) {
-            prefetch_row((const char *)k + slots[j] * row_bytes, row_bytes);
-            prefetch_row((const char *)v + slots[j] * row_bytes, row_bytes);
+            const int64_t at = slots[j] * row_bytes + g0 * dim * elem;
+            prefetch_row((const char *)k + at, (g1 - g0) * dim * elem);
+            prefetch_row((const char *)v + at, (g1 - g0) * dim * elem);
         }
-        for (int64_t g = 0; g < kv_heads; g++) {
+        for (int64_t g = g0; g < g1; g++) {
             transpose_keys(k, bf16, block_slots, row, g * dim, dim, kt);
             int pairs = 0; /* the (query, head) pairs of this kv head that see the block */
             for (int i = 0; i < count; i++) {
@@ -328,10 +333,11 @@ static int tile(const float *q, const void *k, const void *v, int bf16, const in
             weighted_sum(accs, ws, pairs, v, bf16, block_slots, row, g * dim, dim);
         }
     }
-    for (int64_t i = 0; i < count * heads; i++) {
-        const float total = lane_sum(runs[i].sum);
-        for (int64_t d = 0; d < dim; d++) out[i * dim + d] /= total;
-    }
+    for (int i = 0; i < count; i++)
+        for (int64_t h = h0; h < h1; h++) {
+            const float total = lane_sum(runs[i * heads + h].sum);
+            for (int64_t d = 0; d < dim; d++) out[(i * heads + h) * dim + d] /= total;
+        }
     free(kt);
     free(runs);
     free(s);
@@ -354,12 +360,17 @@ int lmnb_attention(const float *q, const void *k, const void *v, int bf16,
         if (t == 0 || rows[t] != rows[t - 1] || t - starts[num_tiles - 1] == TILE)
             starts[num_tiles++] = t;
     starts[num_tiles] = num_q;
+    /* few tiles (a small decode batch): each kv head its own work item, so every thread has
+     * work */
+    const int64_t split = num_tiles < 2 * num_threads ? kv_heads : 1;
     int failed = 0;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
-    for (int64_t i = 0; i < num_tiles; i++) {
-        const int64_t t = starts[i];
+    for (int64_t item = 0; item < num_tiles * split; item++) {
+        const int64_t i = item / split, t = starts[i];
+        const int64_t g0 = split == 1 ? 0 : item % split, g1 = split == 1 ? kv_heads : g0 + 1;
         if (tile(q + t * heads * dim, k, v, bf16, table + rows[t] * table_stride, lens + t,
-                 (int)(starts[i + 1] - t), heads, kv_heads, dim, scale, out + t * heads * dim))
+                 (int)(starts[i + 1] - t), heads, kv_heads, g0, g1, dim, scale,
+                 out + t * heads * dim))
             failed = 1;
     }
     free(starts);
