@@ -862,10 +862,11 @@ static int fits(const LmnbWeight *w) {
 #ifdef __AVX512BF16__
 /* x [m, k] fp32 -> rows of k bf16 (nearest even, as torch rounds) and k/32 fp32 sums of those
  * bf16 values over each group, in k order: what tile_q_pairs reads. NULL without memory. */
-static uint8_t *pair_rows(const float *x, int64_t m, int64_t k) {
+static uint8_t *pair_rows(const float *x, int64_t m, int64_t k, int num_threads) {
     const int64_t stride = 2 * k + k / GROUP * 4;
     uint8_t *rows = malloc((size_t)(m * stride));
     if (!rows) return NULL;
+#pragma omp parallel for num_threads(num_threads) if (m >= 16)
     for (int64_t r = 0; r < m; r++) {
         uint16_t *xb = (uint16_t *)(rows + r * stride);
         float *sums = (float *)(rows + r * stride + 2 * k);
@@ -945,6 +946,7 @@ int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int 
         if (!lmnb_has_pairs() || w->k % 2) return 1;
         uint16_t *xb = malloc((size_t)(m * w->k) * sizeof *xb);
         if (!xb) return 1;
+#pragma omp parallel for num_threads(num_threads) if (m >= 16)
         for (int64_t i = 0; i < m * w->k; i++) { /* round to nearest even, as torch does */
             uint32_t bits;
             memcpy(&bits, &x[i], sizeof bits);
@@ -958,7 +960,7 @@ int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int 
     case LMNB_W_Q4_PAIRS:
     case LMNB_W_Q8_PAIRS: {
 #ifdef __AVX512BF16__
-        uint8_t *rows = pair_rows(x, m, w->k);
+        uint8_t *rows = pair_rows(x, m, w->k, num_threads);
         if (!rows) return 1;
         all_tiles(q_pair_tiles, w->format, MR_PAIRS, rows, 2 * w->k + w->k / GROUP * 4, m, w->k,
                   quant_panels(w), w->n, w->bias, y, num_threads);
