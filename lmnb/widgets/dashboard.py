@@ -47,8 +47,11 @@ class Dashboard(ipywidgets.VBox):
             layout=ipywidgets.Layout(width="auto"), disabled=self.frozen)
         self.button.on_click(lambda _: self.stop())
         top = [v for v in (self.tokens, self.trace) if v is not None]
+        self.tree.add_class("lmnb-tree-view")
+        self.stats.add_class("lmnb-stats-view")
         below = ipywidgets.HBox([self.tree, self.stats], layout=ipywidgets.Layout(
-            flex_flow="row wrap", align_items="flex-start", grid_gap="12px"))
+            flex_flow="row wrap", align_items="flex-start"))
+        below.add_class("lmnb-below")  # side by side where they fit (views.css)
         head = ipywidgets.HBox([self.button]) if live else None
         super().__init__(children=[v for v in (head, *top, below) if v is not None],
                          **kwargs)

@@ -22,9 +22,9 @@ from lmnb.widgets.base import ProgramView
 
 INK = "color:#1b1b1b;"  # dark text on the light swatches, in light and dark themes alike
 STYLE = {  # category -> (inline style, legend, tooltip)
-    "cached": (INK + "background:#c8efd9", "cached prompt",
+    "cached": (INK + "background:#c8efd9", "cached",
                "prompt tokens the first call that read them found in the radix cache"),
-    "computed": (INK + "background:#fbdcb0", "computed prompt",
+    "computed": (INK + "background:#fbdcb0", "computed",
                  "prompt tokens the first call that read them had to compute"),
     "reading": (INK + "background:#fbdcb0;opacity:.6", "in the running call",
                 "prompt tokens the running call is reading: cached or computed is known "
@@ -36,10 +36,20 @@ STYLE = {  # category -> (inline style, legend, tooltip)
     "pending": ("color:#8a8a8a", "not yet read", "text no model call has read yet"),
 }
 KINDS = (*CATEGORIES[:2], "reading", *CATEGORIES[2:])
+# The text box opens at its end and stays there while the text grows (a flex column in
+# reverse order scrolls from the bottom; one inner block keeps the text in order), in the
+# static picture too; its height is a whole number of lines, so no line is cut in half.
+BOX_STYLE = ("display:flex;flex-direction:column-reverse;overflow:auto;white-space:pre-wrap;"
+             "font-family:monospace;line-height:1.55;max-height:calc(16 * 1.55em)")
 CALLS_TIP = ("Summed over this program's model calls (every gen, select and fork's prefix "
-             "commit, in every stream), as the runtime counts its requests: a call's prompt "
-             "tokens were cached if its prefix was already in the radix cache. The cache "
-             "panel's figures count the whole runtime since it started.")
+             "commit, in every stream), as the runtime counts its requests: a token is counted "
+             "each time a call reads it in its prompt, cached if it was already in the radix "
+             "cache. So a later turn re-reading the conversation counts it again, as cached. "
+             "The cache panel's figures count the whole runtime since it started.")
+TEXT_TIP = ("The colours of the text below: each token of the text once (a fork's own text in "
+            "its lane), by where it came from: the first call that read it found it cached or "
+            "computed it, or the model generated it. \"this program's calls\" above counts a "
+            "token again each time a later call re-reads it.")
 
 
 class TokenStreamView(ProgramView):
@@ -77,8 +87,8 @@ class TokenStreamView(ProgramView):
             body = stream_html(state.tokenizer, read.root)
             err = (f'<pre class="lmnb-error" style="color:#c0392b">{escape(read.error)}</pre>'
                    if read.error else "")
-            blocks.append(f'{head}<div class="lmnb-tokens" style="white-space:pre-wrap;'
-                          f'font-family:monospace">{body}</div>{err}')
+            blocks.append(f'{head}<div class="lmnb-tokens" style="{BOX_STYLE}"><div>{body}'
+                          f'</div></div>{err}')
         return (f'<div class="lmnb-title"><b>token stream</b> {status_html(reads)}</div>'
                 f"{calls_html(totals)}{gens_html(reads)}{legend_html(self.counts)}"
                 f"{''.join(blocks)}")
@@ -106,9 +116,9 @@ def status_html(reads: list[Progress]) -> str:
 
 def calls_html(t: CallTotals) -> str:
     return (f'<div class="lmnb-figures lmnb-help" title="{escape(CALLS_TIP)}">'
-            f"<b>this program's calls</b>: {t.num_calls} · prompt tokens {t.prompt_tokens}, "
-            f"of which cached {t.cached_tokens} ({t.hit_rate:.0%}) and computed "
-            f"{t.computed_tokens} · generated {t.completion_tokens}</div>")
+            f"<b>this program's calls</b>: {t.num_calls}, reading prompt tokens "
+            f"{t.prompt_tokens}, of which cached {t.cached_tokens} ({t.hit_rate:.0%}) and "
+            f"computed {t.computed_tokens} · generated {t.completion_tokens}</div>")
 
 
 def gens_html(reads: list[Progress]) -> str:
@@ -183,9 +193,13 @@ def runs_html(tokenizer: Any, stream: StreamProgress, start: int, end: int) -> s
 
 
 def legend_html(counts: dict[str, int]) -> str:
+    """The text's colour key, each chip with its count of the text's tokens (each once)."""
     items = "".join(
         f'<span class="lmnb-swatch" style="{STYLE[cat][0]};padding:0 4px;margin-right:6px;'
-        f'border-radius:3px" title="{escape(STYLE[cat][2])}">{STYLE[cat][1]}: '
-        f"{counts.get(cat, 0)}</span>" for cat in KINDS if cat != "reading" or counts.get(cat))
-    return (f'<div class="lmnb-legend" style="margin:2px 0" title="each token of the text once, '
-            f'by the first call that read it">{items}</div>')
+        f'border-radius:3px" title="{escape(STYLE[cat][2])}">{STYLE[cat][1]} '
+        f'<span class="lmnb-num">{counts.get(cat, 0)}</span></span>'
+        for cat in KINDS if cat != "reading" or counts.get(cat))
+    total = sum(counts.values())
+    return (f'<div class="lmnb-legend" style="margin:2px 0"><span class="lmnb-help lmnb-key" '
+            f'title="{escape(TEXT_TIP)}">the text\'s {total} tokens, each once:</span> '
+            f"{items}</div>")

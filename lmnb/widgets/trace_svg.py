@@ -3,11 +3,12 @@
 Pure Python over the interpreter's `TraceEvent` dicts (`kind`, `stream_id`, `time`, `name`,
 `data`), tagged with the run they belong to (a `--batch` cell has several). `trace_model`
 pairs each stream's `start`/`end` events into spans (gen and select with their variable and
-token counts; fork and join as markers; a span an `error` event ends is failed or cancelled)
-and turns `fork`/`join` events into edges; `trace_svg` draws one lane per stream on a shared
-time axis, and `calls_html` a table of the model calls with their tokens as shares (cached |
-computed prompt | generated), summed into "this program's calls". Knows nothing of widgets or
-states.
+token counts; fork and join with their number of forks; a span an `error` event ends is failed
+or cancelled) and turns `fork`/`join` events into edges; `trace_svg` draws one lane per stream
+on a shared time axis (labels inside their boxes where they fit, else on rows above them, whole),
+and `calls_html` a table of the model calls with their tokens as shares (cached | computed
+prompt | generated), summed into "this program's calls". The fills are the light theme's;
+`views.css` gives the live view the theme's. Knows nothing of widgets or states.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def _spans(lanes: list[tuple[int, int]], run: int, events: list[dict[str, Any]],
             open_[lane] = {"lane": lane, "op": e["data"]["op"], "name": e["name"],
                            "t0": e["time"] + shift, "t1": now, "running": True,
                            "status": "running"}
+        elif e["kind"] in ("fork", "join") and lane in open_:
+            open_[lane]["num_children"] = len(e["data"].get("children", ()))
         elif e["kind"] == "end" and lane in open_:
             span = open_.pop(lane)
             counts = {k: e["data"].get(k, 0) for k in
@@ -106,17 +109,23 @@ def _edges(lanes: list[tuple[int, int]], run: int, events: list[dict[str, Any]],
 
 
 def trace_svg(model: dict[str, Any]) -> str:
-    """One lane per stream; spans as boxes named by their op and variable (the label above the
-    box, cut where the lane's next span begins), fork edges solid and join edges dashed, and a
-    time axis. Token counts are in each box's tooltip and in `calls_html` (shares, not time)."""
+    """One lane per stream; spans as boxes named by their op and variable, fork (the shared
+    prefix's commit) and join (waiting for the forks) boxes in purple, fork edges solid and
+    join edges dashed, and a time axis. A label sits inside its box where it fits, else above
+    it, on the first of a few label rows where nothing else is (the lane grows a row for it);
+    the picture widens for the last ones. Token counts are in each box's tooltip and in
+    `calls_html` (shares, not time)."""
     t_max = max(model["t_max"], 1e-3)
     x = lambda t: LABEL_W + PLOT_W * t / t_max  # noqa: E731 - a local scale
-    y = lambda lane: AXIS_H + lane * LANE_H  # noqa: E731
-    height = AXIS_H + LANE_H * max(len(model["lanes"]), 1) + 4
-    ends = _label_room(model["spans"], x)
-    width = max([LABEL_W + PLOT_W + 10] + [x(s["t0"]) + CHAR_W * len(_span_label(s)) + 8
-                                          for s in model["spans"] if ends.get(id(s)) is None
-                                          and s["op"] not in ("fork", "join")])
+    places = _place_labels(model["spans"], x)
+    rows = [1 + max([p[1] for s, p in places if s["lane"] == lane and p[1] >= 0], default=0)
+            for lane in range(max(len(model["lanes"]), 1))]
+    tops = [AXIS_H]  # a lane's top; its box sits below its label rows
+    for n in rows:
+        tops.append(tops[-1] + LANE_H + ROW_H * (n - 1))
+    y = lambda lane: tops[lane] + ROW_H * (rows[lane] - 1)  # noqa: E731 - the box row's y
+    height = tops[-1] + 4
+    width = max([LABEL_W + PLOT_W + 10] + [p[0] + CHAR_W * len(p[2]) + 8 for _, p in places])
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
              f'height="{height}" class="lmnb-trace-svg" font-size="11">']
     parts += _axis(t_max, x, height)
@@ -125,29 +134,40 @@ def trace_svg(model: dict[str, Any]) -> str:
                      f'font-family="sans-serif">{escape(label)}</text>'
                      f'<line x1="{LABEL_W}" y1="{y(i) + 22}" x2="{width - 4:.0f}" '
                      f'y2="{y(i) + 22}" stroke="#ddd" class="lmnb-lane-line"/>')
-    for edge in model["edges"]:
-        dash = ' stroke-dasharray="4 3"' if edge["kind"] == "join" else ""
-        parts.append(f'<line class="lmnb-edge-{edge["kind"]}" x1="{x(edge["t0"]):.1f}" '
-                     f'y1="{y(edge["from_lane"]) + 22}" x2="{x(edge["t1"]):.1f}" '
-                     f'y2="{y(edge["to_lane"]) + 22}" stroke="#8e44ad"{dash}/>')
-    parts += [_span_svg(s, x, y, ends.get(id(s))) for s in model["spans"]]
+    parts += [_span_svg(s, x, y, place) for s, place in places]
+    parts += [_edge_svg(edge, x, y) for edge in model["edges"]]  # over the boxes
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _label_room(spans: list[dict[str, Any]], x: Any) -> dict[int, float]:
-    """Where each span's label must end: the next labelled span's start in its lane (the
-    last span of a lane is absent: its label may run on, and the picture widens for it)."""
-    by_lane: dict[int, list[dict[str, Any]]] = {}
-    for s in spans:
-        if s["op"] not in ("fork", "join"):
-            by_lane.setdefault(s["lane"], []).append(s)
-    room = {}
-    for lane_spans in by_lane.values():
-        lane_spans.sort(key=lambda s: s["t0"])
-        for a, b in zip(lane_spans, lane_spans[1:], strict=False):
-            room[id(a)] = x(b["t0"]) - 4
-    return room
+ROW_H = 13  # one row of labels above a lane's boxes
+LABEL_ROWS = 3
+
+
+def _place_labels(spans: list[dict[str, Any]], x: Any
+                  ) -> list[tuple[dict[str, Any], tuple[float, int, str]]]:
+    """(span, (label x, row, label shown)) for each span, in drawing order: row -1 is inside
+    the box (the label fits in it); rows 0.. count upwards from the box. A label goes on the
+    lowest row that is free from its x on; when none of `LABEL_ROWS` is, it is cut (with …)
+    where the next span of row 0 starts."""
+    out = []
+    ends: dict[int, list[float]] = {}  # lane -> the x where each label row is free again
+    for s in sorted(spans, key=lambda s: (s["lane"], s["t0"])):
+        label, x0 = _span_label(s), x(s["t0"])
+        need = CHAR_W * len(label) + 6
+        if x(s["t1"]) - x0 >= need + 4:
+            out.append((s, (x0 + 4, -1, label)))
+            continue
+        free = ends.setdefault(s["lane"], [0.0] * LABEL_ROWS)
+        row = next((r for r, end in enumerate(free) if end <= x0), None)
+        shown = label
+        if row is None:
+            row = 0
+            later = [x(o["t0"]) for o in spans if o["lane"] == s["lane"] and o["t0"] > s["t0"]]
+            shown = _fit(label, min(later, default=1e9) - x0 - 4)
+        free[row] = x0 + CHAR_W * len(shown) + 6
+        out.append((s, (x0 + 1, row, shown)))
+    return out
 
 
 def _axis(t_max: float, x: Any, height: int) -> list[str]:
@@ -164,25 +184,38 @@ def _axis(t_max: float, x: Any, height: int) -> list[str]:
 
 STATUS_FILL = {"running": "#fdf2d0", "done": "#f4f6f7", "failed": "#f5b7b1",
                "cancelled": "#fad7a0"}
+FORK = "#8e44ad"  # fork and join: boxes, edges, legend
 
 
-def _span_svg(span: dict[str, Any], x: Any, y: Any, label_end: float | None) -> str:
+def _edge_svg(edge: dict[str, Any], x: Any, y: Any) -> str:
+    """A fork edge from the parent's fork to the child's first op, a dot where it lands; a
+    join edge (dashed) from the child's last op to the parent's join."""
+    x0, y0 = x(edge["t0"]), y(edge["from_lane"]) + 22
+    x1, y1 = x(edge["t1"]), y(edge["to_lane"]) + 22
+    dash = ' stroke-dasharray="4 3"' if edge["kind"] == "join" else ""
+    return (f'<g class="lmnb-edge-{edge["kind"]}"><line x1="{x0:.1f}" y1="{y0}" '
+            f'x2="{x1:.1f}" y2="{y1}" stroke="{FORK}" stroke-width="1.6"{dash}/>'
+            f'<circle cx="{x1:.1f}" cy="{y1}" r="2.5" fill="{FORK}"/></g>')
+
+
+def _span_svg(span: dict[str, Any], x: Any, y: Any, place: tuple[float, int, str]) -> str:
     x0, x1, top = x(span["t0"]), x(span["t1"]), y(span["lane"]) + 14
     width = max(x1 - x0, 3.0)
-    if span["op"] in ("fork", "join"):  # a join waits for the children: a thin bar
-        what = "join (waiting for the forks)" if span["op"] == "join" else "fork (prefix commit)"
-        return (f'<g class="lmnb-span-{span["op"]}"><title>{what}</title><rect x="{x0:.1f}" '
-                f'y="{top + 6}" width="{width:.1f}" height="4" fill="#d2b4de"/></g>')
     label = _span_label(span)
-    room = (label_end - x0) if label_end is not None else 1e9
-    shown = _fit(label, room)
+    lx, row, shown = place
+    ly = top + 12 if row < 0 else top - 3 - ROW_H * row
     status = span["status"]
-    stroke = {"failed": "#c0392b", "cancelled": "#b9770e"}.get(status, "#666")
+    fill, stroke = STATUS_FILL[status], {"failed": "#c0392b", "cancelled": "#b9770e"}.get(
+        status, "#666")
+    extra = ""
+    if span["op"] in ("fork", "join"):
+        fill, stroke = ("#e8daef", FORK) if span["op"] == "fork" else ("none", FORK)
+        extra = ' stroke-dasharray="4 3"' if span["op"] == "join" else ""
     return (f'<g class="lmnb-span-{span["op"]} lmnb-span-{status}"><title>{escape(label)}: '
             f'{escape(_counts_text(span))}</title><rect x="{x0:.1f}" y="{top}" '
-            f'width="{width:.1f}" height="16" rx="3" fill="{STATUS_FILL[status]}" '
-            f'stroke="{stroke}"/><text x="{x0 + 1:.1f}" y="{top - 3}" fill="#222" '
-            f'class="lmnb-span-label">{escape(shown)}</text></g>')
+            f'width="{width:.1f}" height="16" rx="3" fill="{fill}" stroke="{stroke}"{extra}/>'
+            f'<text x="{lx:.1f}" y="{ly}" fill="#222" class="lmnb-span-label'
+            f'{" lmnb-in-box" if row < 0 else ""}">{escape(shown)}</text></g>')
 
 
 def _fit(label: str, room: float) -> str:
@@ -194,14 +227,22 @@ def _fit(label: str, room: float) -> str:
 
 
 def _span_label(span: dict[str, Any]) -> str:
-    """What a gen/select box says: its op and variable, and how it ended if not well."""
+    """What a box says: its op and variable (a fork or join: how many forks), and how it
+    ended if not well."""
     status = {"running": " …", "failed": " ✗ failed", "cancelled": " ✗ cancelled"}
-    return f'{span["op"]} {span["name"] or ""}'.strip() + status.get(span["status"], "")
+    name = span["name"] or ""
+    if span["op"] in ("fork", "join") and span.get("num_children"):
+        name = f'×{span["num_children"]}'
+    return f'{span["op"]} {name}'.strip() + status.get(span["status"], "")
 
 
 def _counts_text(span: dict[str, Any]) -> str:
     if span["status"] != "done":
         return span["status"]
+    if span["op"] == "join":
+        return "the parent waits here for its forks, then takes their variables"
+    if span["op"] == "fork" and not span.get("call"):
+        return "the forks start from the parent's text"
     computed = span["prompt_tokens"] - span["cached_tokens"]
     return (f'prompt {span["prompt_tokens"]} tokens ({span["cached_tokens"]} cached, '
             f'{computed} computed), {span["completion_tokens"]} generated')
@@ -253,7 +294,7 @@ def _call_row(lane: str, span: dict[str, Any], scale: int) -> str:
 
 def legend_html() -> str:
     items = [(CACHED, "cached prompt tokens"), (COMPUTED, "computed prompt tokens"),
-             (GENERATED, "generated tokens"), ("#8e44ad", "fork (solid) / join (dashed)")]
+             (GENERATED, "generated tokens"), (FORK, "fork (solid) / join (dashed)")]
     return "<div class=\"lmnb-legend\" style=\"margin:2px 0\">" + "".join(
         f'<span style="border-bottom:4px solid {c};margin-right:8px">{escape(t)}</span>'
         for c, t in items) + "</div>"

@@ -4,12 +4,16 @@ Pure Python over `Engine.snapshot()` data (nodes with `id`, `parent`, `num_token
 `lock`, `last_access`, `num_hits`; a node with `"evicted": True` is a ghost of one just evicted)
 and `marks` (node id -> its recent events, hit, split or insert, with their ages in seconds,
 newest first);
-the live widget and the static repr draw the same SVG. Knows nothing of widgets or the engine.
+the live widget and the static repr draw the same SVG. A node's label shows special tokens as
+small badges (`<|im_start|>user` as "user") and starts at the words after them; its fill is the
+light theme's recency colour, and `--r` (its recency) lets `views.css` mix the theme's own.
+Knows nothing of widgets or the engine.
 """
 
 from __future__ import annotations
 
 import heapq
+import re
 from html import escape
 from typing import Any
 
@@ -97,9 +101,66 @@ def colour(r: float) -> str:
     return "#" + "".join(f"{round(a + (b - a) * r):02x}" for a, b in zip(lo, hi))
 
 
+# Special tokens (`<|im_end|>`, `<s>`) drawn as small badges; a ChatML `<|im_start|>` with its
+# role (or a node that starts with the role, split off after `<|im_start|>`) as the role's badge.
+SPECIAL = re.compile(r"<\|[^|<>\s]{1,24}\|>|</?s>")
+ROLE = re.compile(r"(system|user|assistant|tool)\n")
+CHAR_W = 6.7  # one character of the 11px monospace labels
+BADGE_CHAR_W = 5.5  # one character of a badge's 9px monospace
+LABEL_W = LABEL_CHARS * CHAR_W  # room for a label, badges included
+
+
+def label_parts(text: str) -> list[tuple[str, str]]:
+    """A node's text as ("badge", name) and ("text", words) parts: special tokens as badges
+    (`<|im_start|>user` as "user", `<|im_end|>` as "end"), whitespace between them dropped.
+    Where there are words, the label starts at the badge just before the first words: the
+    reader sees the text, the specials' run before it is in the node's tooltip."""
+    parts: list[tuple[str, str]] = []
+    at, role_ok = 0, True  # a role may open the text, or follow <|im_start|>
+    for m in [*SPECIAL.finditer(text), None]:
+        plain = text[at: m.start() if m else len(text)]
+        if role_ok and (r := ROLE.match(plain)):
+            parts.append(("badge", r.group(1)))
+            plain = plain[r.end():]
+        if plain.strip():
+            parts.append(("text", plain.strip().replace("\n", "⏎")))
+        if m is None:
+            break
+        name = m.group().strip("<|>/").removeprefix("im_")
+        role_ok = name == "start"
+        if not role_ok or not ROLE.match(text, m.end()):
+            parts.append(("badge", name or m.group()))
+        at = m.end()
+    first = next((i for i, (kind, _) in enumerate(parts) if kind == "text"), None)
+    if first:
+        parts = parts[first - 1:] if parts[first - 1][0] == "badge" else parts[first:]
+    return parts
+
+
+def fit_parts(parts: list[tuple[str, str]], room: float = LABEL_W) -> list[tuple[str, str]]:
+    """The parts that fit in `room` pixels, the last words cut with …"""
+    out = []
+    for kind, value in parts:
+        w = _part_w(kind, value)
+        if w <= room:
+            out.append((kind, value))
+            room -= w
+            continue
+        if kind == "text" and room >= 3 * CHAR_W:
+            out.append((kind, value[: int(room // CHAR_W) - 1] + "…"))
+        elif room >= CHAR_W:
+            out.append(("text", "…"))
+        break
+    return out
+
+
+def _part_w(kind: str, value: str) -> float:
+    return CHAR_W * len(value) if kind == "text" else BADGE_CHAR_W * len(value) + 8
+
+
 def short(text: str) -> str:
-    flat = text.replace("\n", "⏎")
-    return flat if len(flat) <= LABEL_CHARS else flat[: LABEL_CHARS - 1] + "…"
+    """The label as plain text, badges as ⟨name⟩ (what the `nodes` trait holds)."""
+    return " ".join(v if k == "text" else f"⟨{v}⟩" for k, v in fit_parts(label_parts(text)))
 
 
 MARK_STYLE = {  # event -> (stroke colour, legend)
@@ -196,17 +257,14 @@ def _edge_svg(parent: tuple[int, int], child: tuple[int, int], pnode: dict[str, 
             f'class="lmnb-edge"/>')
 
 
-CHAR_W = 6.7  # one character of the 11px monospace labels
-
-
-def _label(n: dict[str, Any]) -> str:
-    return "root" if n["parent"] is None else short(n.get("text", ""))
+def _label(n: dict[str, Any]) -> list[tuple[str, str]]:
+    return [("text", "root")] if n["parent"] is None else fit_parts(label_parts(n.get("text", "")))
 
 
 def _w(n: dict[str, Any]) -> int:
     """A box is as wide as its label and its token count."""
     count = "" if n["parent"] is None else f" {n['num_tokens']}"
-    return round(CHAR_W * (len(_label(n)) + len(count))) + 10
+    return round(sum(_part_w(k, v) for k, v in _label(n)) + CHAR_W * len(count)) + 10
 
 
 def _count_below(nodes: list[dict[str, Any]], nid: int) -> int:
@@ -233,9 +291,26 @@ def _stroke(n: dict[str, Any], marks: list[tuple[str, float]] | None) -> tuple[s
     return "", ' stroke="#777"'
 
 
+def _label_svg(parts: list[tuple[str, str]], x: float, y: int, deco: str) -> tuple[str, float]:
+    """(SVG, the x after it) of a label: words as text, badges as small rounded chips."""
+    out = []
+    for kind, value in parts:
+        w = _part_w(kind, value)
+        if kind == "badge":
+            out.append(f'<g class="lmnb-badge"><rect x="{x:.1f}" y="{y + 4}" width="{w - 2:.1f}" '
+                       f'height="12" rx="3" fill="#000" fill-opacity="0.14"/><text '
+                       f'x="{x + 3:.1f}" y="{y + 13}" font-size="9" fill="#1b1b1b" '
+                       f'font-family="monospace">{escape(value)}</text></g>')
+        else:
+            out.append(f'<text x="{x:.1f}" y="{y + 14}" font-size="11" fill="#1b1b1b" '
+                       f'font-family="monospace" xml:space="preserve"{deco}>{escape(value)}'
+                       f"</text>")
+        x += w
+    return "".join(out), x
+
+
 def _node_svg(n: dict[str, Any], x: int, y: int, r: float, hidden: int,
               mark: list[tuple[str, float]] | None = None) -> str:
-    label = _label(n)
     cls, stroke = _stroke(n, mark)
     locked = " lmnb-node-locked" if n["lock"] and "locked" not in cls else ""
     event = "".join(f" · {kind} {age:.1f}s ago" for kind, age in mark or [])
@@ -246,15 +321,15 @@ def _node_svg(n: dict[str, Any], x: int, y: int, r: float, hidden: int,
             f'font-family="sans-serif">+{hidden}</text>' if hidden else "")
     fill = "#ffffff" if n.get("evicted") else colour(r)
     deco = ' text-decoration="line-through"' if n.get("evicted") else ""
+    label, after = _label_svg(_label(n), x + 5, y, deco)
     count = ("" if n["parent"] is None else
-             f'<tspan fill="#6b6b6b"> {n["num_tokens"]}</tspan>')
-    return (f'<g class="lmnb-node{cls}{locked}" data-node-id="{n["id"]}">'
-            f'<title>{escape(title)}</title>'
+             f'<text x="{after:.1f}" y="{y + 14}" font-size="11" fill="#6b6b6b" '
+             f'font-family="monospace" class="lmnb-count" xml:space="preserve"> '
+             f'{n["num_tokens"]}</text>')
+    return (f'<g class="lmnb-node{cls}{locked}" data-node-id="{n["id"]}" '
+            f'style="--r:{r:.2f}"><title>{escape(title)}</title>'
             f'<rect x="{x}" y="{y}" width="{_w(n)}" height="20" rx="4" '
-            f'fill="{fill}"{stroke}/>'
-            f'<text x="{x + 5}" y="{y + 14}" font-size="11" fill="#1b1b1b" '
-            f'font-family="monospace" xml:space="preserve"{deco}>{escape(label)}{count}</text>'
-            f'{more}</g>')
+            f'fill="{fill}"{stroke}/>{label}{count}{more}</g>')
 
 
 def legend_html() -> str:

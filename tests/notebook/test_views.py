@@ -13,7 +13,7 @@ import lmnb.widgets.tree as tree_module
 from lmnb.lang.control import Cancelled
 from lmnb.lang.events import CATEGORIES
 from lmnb.widgets import CacheStatsView, Dashboard, RadixTreeView, TokenStreamView, TraceView
-from lmnb.widgets.trace_svg import calls_html, trace_model, trace_svg
+from lmnb.widgets.trace_svg import ROW_H, calls_html, trace_model, trace_svg
 from tests.conftest import assert_slots_accounted, wait_idle
 
 NAME_REGEX = r'\{"name": "[a-z]{1,8}"\}'
@@ -82,7 +82,7 @@ def test_token_stream_categories_add_up_to_the_states_tokens(runtime) -> None:
     html = view._repr_html_()
     for cls in ("cached", "computed", "generated", "jump_forward"):
         assert f"lmnb-tok-{cls}" in html
-    assert "jump-forward" in html and "cached prompt" in html  # the legend
+    assert "jump-forward" in html and "tokens, each once" in html  # the legend
     for child in root.children:  # each fork's own text, in a lane of its own
         own = child.categories[child.fork_start:]
         assert own and "generated" in own  # (its turn's end no call read: pending)
@@ -227,6 +227,35 @@ def test_trace_model_on_made_up_events() -> None:
     assert "✗ failed" in trace_svg(failed) and "✗ cancelled" in trace_svg(failed)
 
 
+def test_trace_labels_are_whole_and_forks_and_joins_drawn() -> None:
+    """Short spans side by side: each label on a row of its own above its box (the lane grows),
+    not cut; a long span's label inside its box; the fork and the join are labelled boxes."""
+    events = [_ev("start", 0, 0.0, op="fork"), _ev("fork", 0, 0.01, children=[1, 2]),
+              _ev("end", 0, 0.01, op="fork", prompt_tokens=5, cached_tokens=0),
+              _ev("start", 0, 0.01, op="join")]
+    for sid, names in ((1, ["sweetest", "sourest", "dessert"]), (2, ["a long-running one"])):
+        t = 0.02
+        for name in names:
+            dt = 0.03 if sid == 1 else 0.9
+            events += [_ev("start", sid, t, name, op="gen"),
+                       _ev("end", sid, t + dt, name, op="gen", prompt_tokens=4,
+                           cached_tokens=1, completion_tokens=2)]
+            t += dt
+    events += [_ev("join", 0, 1.0, children=[1, 2]), _ev("end", 0, 1.0, op="join")]
+    model = trace_model([(0.0, events)], now=1.0)
+    svg = trace_svg(model)
+    for name in ("gen sweetest", "gen sourest", "gen dessert", "fork ×2", "join ×2"):
+        assert f">{name}</text>" in svg, name  # whole, not cut with …
+    assert "…</text>" not in svg
+    assert svg.count("lmnb-in-box") == 2  # the long gen's and the join's labels fit inside
+    assert svg.count('class="lmnb-span-fork') == svg.count('class="lmnb-span-join') == 1
+    assert svg.count("lmnb-edge-fork") == svg.count("lmnb-edge-join") == 2
+    no_gens = trace_svg(trace_model([(0.0, events[:4])], now=1.0))  # the same three lanes
+    height = lambda svg: int(svg.split('height="')[1].split('"')[0])  # noqa: E731
+    assert height(svg) == height(no_gens) + 2 * ROW_H  # fork 1's two more label rows
+    assert "fork ×2" in calls_html(model)  # the calls table names every call in full
+
+
 @lm.function
 def ask(s, question):
     s += lm.system("You are a terse assistant.")
@@ -334,3 +363,23 @@ def test_a_failed_gen_ends_its_span_as_failed() -> None:
     assert progress.status == "failed" and "refuses" in progress.error
     [span] = TraceView(state, live=False).spans
     assert span["status"] == "failed" and not span["running"]
+
+
+def test_token_stream_opens_at_its_end_and_keys_its_colours() -> None:
+    """The text box is a reversed flex column (it opens at, and follows, its end; also in the
+    static picture), whole lines high; the legend counts the text's tokens, each once, apart
+    from the calls' figure (which counts a re-read token again)."""
+    from lmnb.testing import ScriptedBackend
+
+    @lm.function
+    def chat(s):
+        for q in ("One?", "Two?", "Three?"):
+            s += lm.user(q) + lm.assistant(lm.gen(max_tokens=4))
+
+    state = chat.run(backend=ScriptedBackend("Yes, it is."))
+    view = TokenStreamView(state, live=False)
+    assert "flex-direction:column-reverse" in view.html and "calc(16 * 1.55em)" in view.html
+    assert f"the text's {view.num_tokens} tokens, each once:" in view.html
+    calls = state.progress().calls
+    assert calls.prompt_tokens > view.num_tokens  # later turns re-read the earlier ones
+    assert f"reading prompt tokens {calls.prompt_tokens}, of which cached" in view.html

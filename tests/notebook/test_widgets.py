@@ -13,7 +13,7 @@ import pytest
 import lmnb as lm
 from lmnb.widgets import CacheStatsView, Dashboard, RadixTreeView, TextView
 from lmnb.widgets.poller import Poller
-from lmnb.widgets.tree_svg import busiest, tree_svg
+from lmnb.widgets.tree_svg import busiest, label_parts, short, tree_svg
 from tests.conftest import wait_idle
 
 STATIC = Path(lm.__file__).parent / "widgets" / "static"
@@ -156,6 +156,21 @@ def test_tree_layout_keeps_a_connected_busiest_tree() -> None:
     assert "a long node text a long node text" in svg  # full text on hover (<title>)
     assert busiest(nodes, 4, must={4}) == {0, 1, 4, 3}  # a flashing node and its path first
     assert 4 in busiest(nodes, 2, must={4})  # even past the budget
+
+
+def test_tree_labels_show_special_tokens_as_badges_and_prefer_the_words() -> None:
+    turn = "<|im_end|>\n<|im_start|>user\nWhich one is the sweetest?"
+    assert label_parts(turn) == [("badge", "user"), ("text", "Which one is the sweetest?")]
+    assert label_parts("user\nWhich one") == [("badge", "user"), ("text", "Which one")]
+    assert label_parts("<|im_end|>\n<|im_start|>assistant\n") == [("badge", "end"),
+                                                                  ("badge", "assistant")]
+    assert label_parts(" 2 is") == [("text", "2 is")]
+    assert short(turn) == "⟨user⟩ Which one is…"  # cut to the box's room
+    nodes = [_node(0, None, 0), _node(1, 0, 19, text=turn)]
+    svg, _ = tree_svg(nodes)
+    assert 'class="lmnb-badge"' in svg and ">user</text>" in svg and "im_end" not in svg.split(
+        "</title>")[1]  # the raw specials only in the tooltip
+    assert 'style="--r:1.00"' in svg  # the recency the theme's CSS mixes its fill from
 
 
 def test_assets_ship_in_the_package_and_load_nothing_from_the_network() -> None:
