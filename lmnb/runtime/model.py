@@ -11,7 +11,9 @@ reference, and the path without the kernels, on a GPU, or with `deterministic=Fa
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +64,8 @@ class LlamaModel:
         weights_format, blocks: the matrix products' weights (`linear.Linears`): q4 (the GGUF's
         blocks, given), int8, bf16, fp32, or None (in `dtype`).
         attention: the torch runner's attention without the native kernels, "torch" (the
-        reference) or "triton" (`triton_attention.py`, for a GPU)."""
+        reference) or "triton" (`triton_attention.py`, for a GPU; the step's row-wise ops,
+        RMSNorm with the residual add and rotary, then run on `triton_ops.py` too)."""
         if attention not in ("torch", "triton"):
             raise ValueError(f"attention must be 'torch' or 'triton', not {attention!r}")
         self.runner, self.runner_reason = pick_runner(runner, native)
@@ -86,6 +89,10 @@ class LlamaModel:
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
         self.workspace = Workspace()  # gather buffers reused across layers and steps
+        # the torch runner's norms and rotary in Triton where its attention is (a GPU)
+        self.ops: ModuleType | None = (
+            importlib.import_module("lmnb.runtime.triton_ops")
+            if self.attention == "triton" and self.runner == "torch" else None)
         self.native_model = None if self.runner == "torch" else ForwardModel(
             native, self.embed, self.norm, self.lm_head.panels,  # type: ignore[arg-type]
             [(x.input_norm, x.post_norm, x.qkv.panels, x.o.panels, x.gate_up.panels,
@@ -93,10 +100,24 @@ class LlamaModel:
             cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        # computed in fp32 like the reference implementation, then cast back
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.cfg.rms_norm_eps)
-        return weight * x32.to(x.dtype)
+        if self.ops is not None:
+            return self.ops.rms_norm(x, weight, self.cfg.rms_norm_eps)
+        return rms_norm(x, weight, self.cfg.rms_norm_eps)
+
+    def add_rms_norm(self, h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h + x, its norm): the residual add and the next norm (one kernel on Triton, which
+        adds into h in place)."""
+        if self.ops is not None:
+            return h, self.ops.add_rms_norm_(h, x, weight, self.cfg.rms_norm_eps)
+        h = h + x
+        return h, rms_norm(h, weight, self.cfg.rms_norm_eps)
+
+    def rotate(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        if self.ops is not None:
+            self.ops.rotary_(qk, cos, sin)
+        else:
+            self.rope.rotate(qk, cos, sin)
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, pool: KVPool, table: torch.Tensor,
@@ -119,11 +140,11 @@ class LlamaModel:
         if plan is None:
             plan = AttentionPlan.build(batch, table, per_token=self.native is not None,
                                        kernels="torch" if self.native else self.attention)
+        x = self.rms_norm(h, self.layers[0].input_norm)
         for i, layer in enumerate(self.layers):
-            x = self.rms_norm(h, layer.input_norm)
             qkv = layer.qkv(x)  # [n, q_size + 2 * kv_size]
             qk = qkv[:, : self.q_size + self.kv_size].view(n, heads + kv_heads, dim)
-            self.rope.rotate(qk, cos, sin)  # q and k together, in place
+            self.rotate(qk, cos, sin)  # q and k together, in place
             q = qk[:, :heads]  # [n, heads, dim]
             k = qk[:, heads:]  # [n, kv_heads, dim]
             v = qkv[:, self.q_size + self.kv_size :].view(n, kv_heads, dim)
@@ -134,12 +155,23 @@ class LlamaModel:
             else:
                 o = attention(q, k, v, pool.k[i], pool.v[i], table, plan, self.scale,
                               self.workspace)
-            h = h + layer.o(o.reshape(n, self.q_size))
-            x = self.rms_norm(h, layer.post_norm)
+            h, x = self.add_rms_norm(h, layer.o(o.reshape(n, self.q_size)), layer.post_norm)
             gate, up = layer.gate_up(x).chunk(2, dim=-1)
-            h = h + layer.down(F.silu(gate) * up)
+            down = layer.down(F.silu(gate) * up)
+            if i + 1 < len(self.layers):  # the next layer's input norm
+                h, x = self.add_rms_norm(h, down, self.layers[i + 1].input_norm)
+            else:
+                h = h + down
         h = self.rms_norm(h[batch.logit_index], self.norm)
         return self.lm_head(h).float()
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The reference RMSNorm: computed in fp32 like the reference implementation, then cast
+    back and scaled by the weight in the model dtype."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
 
 
 def check_runner(runner: object) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from lmnb.runtime.device import host_to_device
-from lmnb.runtime.grammar.bitmask import allocate_bitmask, unpack_bitmask
+from lmnb.runtime.grammar.bitmask import allocate_bitmask, num_words, unpack_bitmask
 from lmnb.runtime.handle import GenerateResult, StreamChunk
 from lmnb.runtime.req import Req
 from lmnb.runtime.sampler import sample
@@ -22,10 +22,13 @@ from lmnb.runtime.tokenizer import Tokenizer
 class OutputProcessor:
     def __init__(
         self, tokenizer: Tokenizer, eos_ids: set[int], max_context: int, vocab_size: int,
-        seed: int, device: torch.device | None = None,
+        seed: int, device: torch.device | None = None, packed_masks: bool | None = None,
     ) -> None:
-        """device: where the logits are (the sampling generators live there too)."""
+        """device: where the logits are (the sampling generators live there too).
+        packed_masks: masks cross to the device as packed bits (1 bit a token, 8x fewer
+        bytes than bools) applied there by a kernel; None: on a GPU."""
         self.device = device or torch.device("cpu")
+        self.packed_masks = self.device.type == "cuda" if packed_masks is None else packed_masks
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.max_context = max_context
@@ -90,7 +93,8 @@ class OutputProcessor:
         reqs, rows, bans = [], [], []
         for req, row in to_sample:
             try:
-                bans.append(self.banned_row(req))
+                bans.append(self.allowed_words(req) if self.packed_masks
+                            else self.banned_row(req))
             except Exception as exc:
                 _fail(req, exc, done)
                 continue
@@ -127,6 +131,13 @@ class OutputProcessor:
     def _sample_rows(self, reqs: list[Req], rows: list[torch.Tensor],
                      gens: list[torch.Generator | None], bans: list[np.ndarray | None]):
         banned = None
+        if self.packed_masks and any(b is not None for b in bans):
+            words = np.full((len(reqs), num_words(self.vocab_size)), -1, dtype=np.int32)
+            for i, b in enumerate(bans):
+                if b is not None:
+                    words[i] = b
+            allowed = host_to_device(torch.from_numpy(words), rows[0].device)
+            return sample(torch.stack(rows), [r.params for r in reqs], gens, allowed=allowed)
         if any(b is not None for b in bans):
             # numpy: per-row torch ops on 49k-wide rows stall for ms when the cores are busy
             banned = np.zeros((len(reqs), self.vocab_size), dtype=np.bool_)
@@ -170,6 +181,22 @@ class OutputProcessor:
             stops = list(req.params.stop_token_ids) + list(self.eos_ids)
             banned[[s for s in stops if 0 <= s < self.vocab_size]] = True
         return banned
+
+    def allowed_words(self, req: Req) -> np.ndarray | None:
+        """`banned_row` packed: [words] int32, a bit set where a token may be sampled (None:
+        nothing banned)."""
+        mask_stops = len(req.output_ids) < req.params.min_new_tokens or req.params.ignore_eos
+        if req.grammar is None and not mask_stops:
+            return None
+        bitmask = allocate_bitmask(1, self.vocab_size)
+        if req.grammar is not None:
+            req.grammar.fill_bitmask(bitmask[0])  # EOS allowed iff the grammar can end
+        words = bitmask[0].numpy()
+        if mask_stops:
+            stops = np.array([s for s in list(req.params.stop_token_ids) + list(self.eos_ids)
+                              if 0 <= s < self.vocab_size], dtype=np.int64)
+            np.bitwise_and.at(words, stops // 32, ~np.left_shift(1, stops % 32).astype(np.int32))
+        return words
 
     def append_token(self, req: Req, tok: int, lp: float) -> bool:
         """Add a sampled token (and any forced ones); True when the request has finished."""

@@ -2,15 +2,16 @@
 
 Owns greedy, temperature, top-k and top-p sampling, per-request seeded generators, and the
 logprob of the chosen token under the model's unconstrained distribution. Allowed-token masks
-(grammar, min_new_tokens) come in from the caller. Everything is computed on the logits'
-device (generators must live there too), and the chosen tokens cross to the host once, at the
-end. Knows nothing of requests or the KV pool.
+(grammar, min_new_tokens) come in from the caller, as bools or as packed bits. Everything is
+computed on the logits' device (generators must live there too), and the chosen tokens cross to
+the host once, at the end. Knows nothing of requests or the KV pool.
 """
 
 from __future__ import annotations
 
 import torch
 
+from lmnb.runtime.grammar.bitmask import apply_bitmask_
 from lmnb.runtime.params import SamplingParams
 
 
@@ -19,8 +20,10 @@ def sample(
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
     banned: torch.Tensor | None = None,  # [batch, vocab] bool, True where a token is not allowed
+    allowed: torch.Tensor | None = None,  # [batch, words] int32: packed, a set bit allows
+    mask_kernels: str | None = None,  # `apply_bitmask_`'s kernels (None: triton on a GPU)
 ) -> tuple[list[int], list[float]]:
-    out, chosen = sample_on_device(logits, params, generators, banned)
+    out, chosen = sample_on_device(logits, params, generators, banned, allowed, mask_kernels)
     return out.tolist(), chosen.tolist()
 
 
@@ -29,11 +32,17 @@ def sample_on_device(
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
     banned: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+    mask_kernels: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens [batch] int64, their logprobs [batch] fp32), on the logits' device."""
+    """(tokens [batch] int64, their logprobs [batch] fp32), on the logits' device. The mask
+    comes as bools (`banned`) or as a packed bitmask (`allowed`: applied on the logits'
+    device, by a Triton kernel on a GPU; `grammar.bitmask.apply_bitmask_`)."""
     logprobs = torch.log_softmax(logits, dim=-1)
     if banned is not None:
         logits = logits.masked_fill(banned, float("-inf"))
+    if allowed is not None:
+        logits = apply_bitmask_(logits.clone(), allowed, mask_kernels)
     out = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
     greedy = [i for i, p in enumerate(params) if p.greedy]
     if greedy:

@@ -2,11 +2,14 @@
 
 Owns the layout the matcher writes (bit `t % 32` of word `t // 32` is set when token `t` is
 allowed; llguidance's layout) and the batched ops on it: allocate, unpack to bool, apply to
-logits. Unpacking runs in numpy (single-threaded, ~20 µs a row) rather than in torch ops that
-would compete for the CPU's few cores. Knows nothing of grammars or requests.
+logits (on a GPU by `triton_ops`' kernel, imported only then). Unpacking runs in numpy
+(single-threaded, ~20 µs a row) rather than in torch ops that would compete for the CPU's few
+cores. Knows nothing of grammars or requests.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import numpy as np
 import torch
@@ -39,11 +42,19 @@ def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int, out: torch.Tensor | N
     return out
 
 
-def apply_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+def apply_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor, kernels: str | None = None,
+                   ) -> torch.Tensor:
     """Set disallowed logits to -inf in place. logits: [batch, vocab]; bitmask: [batch, words].
 
     Columns past the bitmask's 32 * words (padding of the logits' width) are disallowed.
+    kernels: "torch" (the reference: unpacked on the host), "triton" (`triton_ops`, on the
+    logits' device; the bitmask must be there too), None: triton for logits on a GPU.
     """
+    if kernels is None:
+        kernels = "triton" if logits.is_cuda else "torch"
+    if kernels == "triton":
+        ops = importlib.import_module("lmnb.runtime.triton_ops")
+        return ops.apply_bitmask_(logits, bitmask.to(logits.device, non_blocking=True))
     covered = min(logits.shape[-1], 32 * bitmask.shape[-1])
     allowed = unpack_bitmask(bitmask.cpu(), covered).to(logits.device, non_blocking=True)
     logits[..., :covered].masked_fill_(~allowed, float("-inf"))
