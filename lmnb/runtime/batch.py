@@ -21,6 +21,9 @@ class ForwardBatch:
     seq_lens: list[int]  # per request: tokens in the KV after this step
     extend_lens: list[int]  # per request: new tokens in this step (1 when decoding)
     logit_index: torch.Tensor  # [num_logits] int64: flattened positions whose logits are needed
+    # the host lists input_ids, positions and out_slots were made from (None: not kept), so a
+    # GPU step can stage them without reading its device tensors back
+    host: tuple[list[int], list[int], list[int]] | None = None
 
     @classmethod
     def build(
@@ -56,4 +59,5 @@ class ForwardBatch:
             seq_lens=seq_lens,
             extend_lens=[len(x) for x in new_ids],
             logit_index=t(logit_index),
+            host=(ids, pos, slots),
         )

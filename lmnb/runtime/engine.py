@@ -262,7 +262,7 @@ class Engine:
             return None, f"off ({why})"
         from lmnb.runtime.cuda_graphs import DecodeGraphs
 
-        return DecodeGraphs(self.model, max_running, self.max_context), "on"
+        return DecodeGraphs(self.model, max_running), "on"
 
     def _check_open(self) -> None:
         if self._closed is not None:

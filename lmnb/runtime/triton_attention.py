@@ -222,9 +222,16 @@ def extend_attention(
 
 
 def num_splits(max_len: int) -> int:
-    """Key chunks per decoding request: one per MIN_SPLIT_KEYS keys of the longest, at most
-    MAX_SPLITS (a power of two is not needed)."""
-    return max(1, min(MAX_SPLITS, triton.cdiv(max_len, MIN_SPLIT_KEYS)))
+    """Key chunks per decoding request, from the step's longest context: one per
+    MIN_SPLIT_KEYS of its keys, rounded up to a power of two, at most MAX_SPLITS.
+
+    The power of two is the bucket: a longest context in (MIN_SPLIT_KEYS * 2^(k-1),
+    MIN_SPLIT_KEYS * 2^k] gets 2^k splits, so each of its splits holds more than half of
+    MIN_SPLIT_KEYS keys and at most MIN_SPLIT_KEYS (until the cap), and a short context never
+    launches the long one's empty programs. NUM_SPLITS is a compile-time constant of the
+    kernels and a CUDA graph replays fixed grids, so the buckets bound what gets compiled and
+    captured: five values (1, 2, 4, 8, 16), not one per length."""
+    return min(MAX_SPLITS, triton.next_power_of_2(max(1, triton.cdiv(max_len, MIN_SPLIT_KEYS))))
 
 
 def decode_attention(

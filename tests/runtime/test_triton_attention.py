@@ -97,11 +97,12 @@ def test_triton_extend_and_decode_mixed_step(kernels, dtype):
 
 @pytest.mark.parametrize("heads,kv_heads,dim", [(4, 4, 16), (8, 1, 24)])
 def test_triton_decode_long_context_splits(kernels, heads, kv_heads, dim):
-    """Decode only, one long context split five ways beside short ones; plain multi-head and
-    one kv head for all (dim 24: padded to a power of two inside the kernel)."""
+    """Decode only, one long context split eight ways (1,101 keys: five splits' worth,
+    bucketed up to a power of two) beside short ones, whose later splits are empty; plain
+    multi-head and one kv head for all (dim 24: padded to a power of two inside the kernel)."""
     out, ref, plan = run_both([(1100, 1), (2, 1), (257, 1)], heads, kv_heads, dim,
                               torch.float32)
-    assert plan.extend == [] and plan.splits == 5
+    assert plan.extend == [] and plan.splits == 8
     check(out, ref, torch.float32)
 
 
@@ -183,8 +184,9 @@ def model_steps(attention_kernels: str, dtype: torch.dtype) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_attention_in_the_model_forward(kernels, dtype):
-    """The torch runner with Triton attention gives the torch path's logits through extend
-    (fresh and over a cached prefix) and decode steps."""
+    """The torch runner with Triton attention (and `triton_ops`' fused RMSNorm + residual and
+    rotary) gives the torch path's logits through extend (fresh and over a cached prefix) and
+    decode steps."""
     got, ref = model_steps("triton", dtype), model_steps("torch", dtype)
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
