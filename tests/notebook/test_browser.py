@@ -3,7 +3,8 @@ notebook of three views: `%lmnb monitor` (following the runtime live), a forking
 `%%lmprogram` (its dashboard: token stream with a lane per fork, trace, tree, statistics) and
 a chat. While the forking program runs its tree view's node count (the `data-num-nodes`
 attribute the JS sets) grows; once it ended its dashboard is frozen: the chat that runs next
-grows the monitor's tree, not the forking cell's.
+grows the monitor's tree, not the forking cell's. Its token box shows the end of the text, and
+its tree and statistics sit side by side.
 
 The server listens on 127.0.0.1 on a free port with a random token, in a fresh temporary root
 and Jupyter config/runtime folders; it is always shut down, with its kernels. Screenshots of
@@ -221,6 +222,7 @@ def test_views_in_a_real_browser_light_and_dark(lab) -> None:
                 "data-num-streams")
             monitor = int(cell["monitor"].locator(".lmnb-view[data-num-nodes]").get_attribute(
                 "data-num-nodes"))
+            layout = _layout(cell["fork"])
             _dismiss_news_toast(page)
             shots = _screenshots(page, cell, artifacts)
         finally:
@@ -234,6 +236,20 @@ def test_views_in_a_real_browser_light_and_dark(lab) -> None:
     assert streams == "5"  # the root and its four forks, each in the token stream
     assert monitor > seen[-1]  # the chat grew the live monitor, not the frozen dashboard
     assert all(shot.stat().st_size > 10_000 for shot in shots)
+    # the token box overflows and shows its end; the tree and the statistics side by side
+    assert layout["scroll_height"] > layout["client_height"], layout
+    assert abs(layout["scroll_top"]) < 4, layout
+    assert abs(layout["stats_top"] - layout["tree_top"]) < 8, layout
+
+
+def _layout(cell) -> dict[str, float]:
+    """Where the forking cell's token box is scrolled, and where its tree and stats views sit."""
+    return cell.evaluate(
+        "el => { const b = el.querySelector('.lmnb-view[data-lmnb-live] .lmnb-tokens');"
+        " const top = (s) => el.querySelector(s).getBoundingClientRect().top;"
+        " return {scroll_top: b.scrollTop, scroll_height: b.scrollHeight,"
+        " client_height: b.clientHeight, tree_top: top('.lmnb-tree-view'),"
+        " stats_top: top('.lmnb-stats-view')}; }")
 
 
 def _screenshots(page, cell, artifacts: Path) -> list[Path]:
