@@ -1,9 +1,11 @@
 """The GPU checks in one run, for a machine with a CUDA GPU (a few minutes on a recent one).
 
-1. tests: the `gpu`-marked tests, and the Triton kernels' and device-clean tests, which run
-   compiled on the GPU there (`TRITON_INTERPRET` is set only where there is no GPU);
+1. tests: the `gpu`-marked tests (among them CUDA graph replay vs eager on a tiny model), and
+   the Triton kernels' (attention, `triton_ops`) and device-clean tests, which run compiled on
+   the GPU there (`TRITON_INTERPRET` is set only where there is no GPU);
 2. greedy parity on the default model: the GPU engine (fp32, and bf16) against the CPU
-   engine (fp32, the exact kernels): equal tokens, and where they first part;
+   engine (fp32, the exact kernels): equal tokens, and where they first part; a
+   regex-constrained answer (the bitmask kernel) against the CPU's; CUDA graphs on vs off;
 3. benchmark, lmnb on the GPU vs transformers on the same GPU: prefill (4 x 512 tokens),
    decode at batch 1, 8 and 64 (128 new tokens each), a decode step at batch 64 against the
    bandwidth roofline (the bytes it must read: weights once, every request's K/V, over the
@@ -40,6 +42,7 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):",
 def run_tests() -> dict[str, Any]:
     suites = {"gpu-marked": ["-m", "gpu", "tests"],
               "triton + device-clean": ["tests/runtime/test_triton_attention.py",
+                                        "tests/runtime/test_triton_ops.py",
                                         "tests/runtime/test_device_clean.py"]}
     out = {}
     for name, args in suites.items():
@@ -58,23 +61,50 @@ def greedy(engine: Any, n: int = 48) -> list[list[int]]:
     return [h.result(timeout=600).output_ids for h in handles]
 
 
+CONSTRAINED = {"regex": r"[0-9]{1,3}(, [0-9]{1,3}){2}", "max_new_tokens": 24}
+
+
+def constrained(engine: Any) -> tuple[list[int], str]:
+    """A regex-constrained greedy answer: on a GPU its masks cross packed and apply in the
+    Triton bitmask kernel."""
+    result = engine.generate(PROMPTS[3], **CONSTRAINED).result(timeout=600)
+    return result.output_ids, result.text
+
+
+def compare(got: list[list[int]], ref: list[list[int]]) -> dict[str, Any]:
+    first = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), None)
+             for x, y in zip(got, ref)]
+    return {"equal": sum(x == y for x, y in zip(got, ref)), "of": len(ref),
+            "first_difference": first}
+
+
 def parity() -> dict[str, Any]:
+    """GPU vs CPU (greedy, and one constrained answer), and on the GPU CUDA graphs on vs off
+    (the same kernels: replayed decode steps, padding and split buckets, should agree)."""
+    import re
+
     from lmnb.runtime import Engine
 
     with Engine(device="cpu", dtype="float32") as cpu:
-        ref = greedy(cpu)
+        ref, ref_constrained = greedy(cpu), constrained(cpu)
     out = {}
     for dtype in ("float32", "bfloat16"):
         with Engine(device="cuda", dtype=dtype) as gpu:
-            got = greedy(gpu)
+            got, (ids, text) = greedy(gpu), constrained(gpu)
             info = gpu.describe()
-        first = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), None)
-                 for x, y in zip(got, ref)]
-        out[dtype] = {"equal": sum(x == y for x, y in zip(got, ref)), "of": len(ref),
-                      "first_difference": first, "attention": info["attention"],
-                      "cuda_graphs": info["cuda_graphs"]}
+        with Engine(device="cuda", dtype=dtype, cuda_graphs=False) as eager:
+            eager_got = greedy(eager)
+        out[dtype] = {**compare(got, ref), "attention": info["attention"],
+                      "cuda_graphs": info["cuda_graphs"],
+                      "graphs_vs_eager": compare(got, eager_got),
+                      "constrained_text": text,
+                      "constrained_matches": re.fullmatch(CONSTRAINED["regex"], text) is not None,
+                      "constrained_equals_cpu": ids == ref_constrained[0]}
         print(f"[parity] GPU {dtype} vs CPU fp32: {out[dtype]['equal']}/{len(ref)} equal, "
-              f"first differences at {first}")
+              f"first differences at {out[dtype]['first_difference']}; CUDA graphs vs eager: "
+              f"{out[dtype]['graphs_vs_eager']['equal']}/{len(ref)} equal; constrained "
+              f"{text!r} (matches: {out[dtype]['constrained_matches']}, equals the CPU's: "
+              f"{out[dtype]['constrained_equals_cpu']})")
     return out
 
 

@@ -157,6 +157,32 @@ def test_triton_output_processor_packed_masks(ops):
     assert outputs.allowed_words(req) is None and outputs.banned_row(req) is None
 
 
+def test_triton_bitmask_of_a_grammar(ops):
+    """A real grammar's mask (regex, with EOS and a stop id banned below min_new_tokens) as it
+    crosses to a GPU (`allowed_words`), applied by the kernel: the logits the bool mask
+    (`banned_row`, the CPU path) leaves, -inf for the rest."""
+    from transformers import AutoTokenizer
+
+    from lmnb.runtime import loader
+    from lmnb.runtime.grammar import GrammarCompiler
+    from lmnb.runtime.req import Req
+
+    tokenizer = AutoTokenizer.from_pretrained(str(loader.resolve(None).folder))
+    vocab = len(tokenizer) + 3  # logits a little wider than the tokenizer's vocabulary
+    params = SamplingParams(regex=r"(yes|no)[0-9]", min_new_tokens=1,
+                            stop_token_ids=[tokenizer.convert_tokens_to_ids("y")])
+    grammar = GrammarCompiler(tokenizer, vocab).compile(params).new_state()
+    outputs = OutputProcessor(None, {tokenizer.eos_token_id}, 64, vocab, 0,  # type: ignore
+                              packed_masks=True)
+    req = Req(0, [1, 2], params, None, None, grammar=grammar)  # type: ignore[arg-type]
+    banned = torch.from_numpy(outputs.banned_row(req))
+    words = torch.from_numpy(outputs.allowed_words(req))
+    assert 0 < int((~banned).sum()) < 20  # "yes", "no" and their prefixes, not "y"
+    logits = randn(1, vocab, dtype=torch.float32)
+    got = ops.apply_bitmask_(logits.clone(), words[None].to(DEVICE))
+    assert torch.equal(got, logits.masked_fill(banned.to(DEVICE), float("-inf")))
+
+
 def test_triton_graph_inputs_from_host_lists():
     """A CUDA graph's step inputs come from the batch's host lists, padded to the bucket:
     the batch's device tensors here live on `meta`, so any read back would raise."""
@@ -186,3 +212,47 @@ def test_triton_decode_splits_are_power_of_two_buckets():
         assert keys / 2 < n / splits <= keys
     assert kernels.num_splits(1) == 1 and kernels.num_splits(keys) == 1
     assert kernels.num_splits(keys + 1) == 2 and kernels.num_splits(10**6) == 16
+
+
+@pytest.mark.gpu
+def test_triton_decode_graphs_replay_matches_eager():
+    """On a GPU: decode steps replayed from CUDA graphs give the eager forward's logits, for
+    batches padded to their bucket, two key-split buckets (contexts up to 701 keys: 4 splits;
+    up to 41: 1), and a second replay of a captured graph with new inputs."""
+    from transformers import AutoModelForCausalLM
+
+    from lmnb.runtime.cuda_graphs import DecodeGraphs
+    from lmnb.runtime.kv_pool import KVPool, ReqToToken
+    from lmnb.runtime.model import LlamaModel
+
+    hf_cfg = LlamaConfig(vocab_size=101, hidden_size=64, intermediate_size=96,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024)
+    cfg = ModelConfig.from_hf(hf_cfg.to_dict())
+    torch.manual_seed(0)
+    weights = AutoModelForCausalLM.from_config(hf_cfg).state_dict()
+    dev = torch.device("cuda")
+    model = LlamaModel(cfg, weights, torch.float32, dev, attention="triton")
+    pool = KVPool(cfg.num_layers, 2048, cfg.num_kv_heads, cfg.head_dim, torch.float32, dev)
+    pool.k.normal_()  # every slot holds some cached key and value
+    pool.v.normal_()
+    table = ReqToToken(8, 1024, dev)
+    graphs = DecodeGraphs(model, max_batch=8)
+
+    def decode(lens: list[int], token: int) -> None:
+        rows = [table.alloc() for _ in lens]
+        for row, n in zip(rows, lens):
+            table.set(row, 0, pool.alloc(n))
+        batch = ForwardBatch.build(True, rows, [n - 1 for n in lens], [[token]] * len(lens),
+                                   [table.get(r, n)[-1:] for r, n in zip(rows, lens)],
+                                   [[0]] * len(lens), dev)
+        eager = model.forward(batch, pool, table.table).clone()
+        replayed = graphs.forward(batch, pool, table.table)
+        torch.testing.assert_close(replayed, eager, atol=1e-5, rtol=1e-5)
+        for row in rows:
+            table.free(row)
+
+    decode([5, 300, 701], token=7)  # bucket 4, 4 splits
+    decode([41, 2], token=9)  # bucket 2, 1 split
+    decode([600, 3, 9], token=11)  # bucket 4, 4 splits again: a replay with new inputs
+    assert sorted(graphs.captured) == [(2, 1), (4, 4)]
