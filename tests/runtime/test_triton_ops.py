@@ -248,7 +248,7 @@ def test_triton_decode_graphs_replay_matches_eager():
                                    [[0]] * len(lens), dev)
         eager = model.forward(batch, pool, table.table).clone()
         replayed = graphs.forward(batch, pool, table.table)
-        torch.testing.assert_close(replayed, eager, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(replayed, eager, atol=1e-4, rtol=1e-4)  # M=3 vs 4 GEMMs
         for row in rows:
             table.free(row)
 

@@ -10,6 +10,7 @@ cores. Knows nothing of grammars or requests.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 import numpy as np
 import torch
@@ -48,10 +49,10 @@ def apply_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor, kernels: str | N
 
     Columns past the bitmask's 32 * words (padding of the logits' width) are disallowed.
     kernels: "torch" (the reference: unpacked on the host), "triton" (`triton_ops`, on the
-    logits' device; the bitmask must be there too), None: triton for logits on a GPU.
+    logits' device), None: triton for logits on a GPU where triton is installed.
     """
     if kernels is None:
-        kernels = "triton" if logits.is_cuda else "torch"
+        kernels = "triton" if logits.is_cuda and _has_triton() else "torch"
     if kernels == "triton":
         ops = importlib.import_module("lmnb.runtime.triton_ops")
         return ops.apply_bitmask_(logits, bitmask.to(logits.device, non_blocking=True))
@@ -60,3 +61,7 @@ def apply_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor, kernels: str | N
     logits[..., :covered].masked_fill_(~allowed, float("-inf"))
     logits[..., covered:] = float("-inf")
     return logits
+
+
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
