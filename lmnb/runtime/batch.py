@@ -1,7 +1,8 @@
 """ForwardBatch: the tensors one model forward needs, built from scheduled requests.
 
 Owns the layout of an extend or decode step (flattened tokens, positions, destination slots,
-per-request lengths, which positions need logits). Knows nothing of sampling or the radix tree.
+per-request lengths, which positions need logits), and their crossing to the device (on a GPU
+in one pinned copy). Knows nothing of sampling or the radix tree.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from lmnb.runtime.device import host_to_device
 
 
 @dataclass
@@ -46,18 +49,24 @@ class ForwardBatch:
             logit_index.extend(offset + j for j in want)
             offset += len(toks)
         seq_lens = [p + len(t) for p, t in zip(prefix_lens, new_ids)]
-
-        def t(x: list[int]) -> torch.Tensor:
-            return torch.tensor(x, dtype=torch.int64, device=device)
-
+        input_ids, positions, out_slots, logit_t = on_device([ids, pos, slots, logit_index],
+                                                             device)
         return cls(
             is_decode=is_decode,
-            input_ids=t(ids),
-            positions=t(pos),
-            out_slots=t(slots),
+            input_ids=input_ids,
+            positions=positions,
+            out_slots=out_slots,
             rows=list(rows),
             seq_lens=seq_lens,
             extend_lens=[len(x) for x in new_ids],
-            logit_index=t(logit_index),
+            logit_index=logit_t,
             host=(ids, pos, slots),
         )
+
+
+def on_device(lists: list[list[int]], device: torch.device) -> list[torch.Tensor]:
+    """int64 tensors on `device`; on a GPU one pinned copy of them all, split into views."""
+    if device.type != "cuda":
+        return [torch.tensor(x, dtype=torch.int64, device=device) for x in lists]
+    values = host_to_device([v for x in lists for v in x], device)
+    return list(values.split([len(x) for x in lists]))
