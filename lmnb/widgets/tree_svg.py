@@ -131,6 +131,8 @@ def label_parts(text: str) -> list[tuple[str, str]]:
         if not role_ok or not ROLE.match(text, m.end()):
             parts.append(("badge", name or m.group()))
         at = m.end()
+    if not parts and text:  # whitespace only: shown, not blank
+        return [("text", text.replace("\n", "⏎").replace(" ", "␣"))]
     first = next((i for i, (kind, _) in enumerate(parts) if kind == "text"), None)
     if first:
         parts = parts[first - 1:] if parts[first - 1][0] == "badge" else parts[first:]

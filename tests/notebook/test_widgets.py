@@ -165,6 +165,7 @@ def test_tree_labels_show_special_tokens_as_badges_and_prefer_the_words() -> Non
     assert label_parts("<|im_end|>\n<|im_start|>assistant\n") == [("badge", "end"),
                                                                   ("badge", "assistant")]
     assert label_parts(" 2 is") == [("text", "2 is")]
+    assert label_parts("\n ") == [("text", "⏎␣")]  # whitespace only: shown, not blank
     assert short(turn) == "⟨user⟩ Which one is…"  # cut to the box's room
     nodes = [_node(0, None, 0), _node(1, 0, 19, text=turn)]
     svg, _ = tree_svg(nodes)
