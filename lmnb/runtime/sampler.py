@@ -37,20 +37,31 @@ def sample_on_device(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens [batch] int64, their logprobs [batch] fp32), on the logits' device. The mask
     comes as bools (`banned`) or as a packed bitmask (`allowed`: applied on the logits'
-    device, by a Triton kernel on a GPU; `grammar.bitmask.apply_bitmask_`)."""
-    logprobs = torch.log_softmax(logits, dim=-1)
+    device, by a Triton kernel on a GPU; `grammar.bitmask.apply_bitmask_`). A row's logprob
+    is computed only where its request asked for them (`return_logprobs`; else 0): a
+    log-softmax over the vocabulary is a good part of a small decode step's sampling."""
+    raw = logits
     if banned is not None:
         logits = logits.masked_fill(banned, float("-inf"))
     if allowed is not None:
         logits = apply_bitmask_(logits.clone(), allowed, mask_kernels)
-    out = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
     greedy = [i for i, p in enumerate(params) if p.greedy]
-    if greedy:
-        out[greedy] = logits[greedy].argmax(dim=-1)
-    for i, p in enumerate(params):
-        if not p.greedy:
-            out[i] = _sample_row(logits[i], p, generators[i])
-    return out, logprobs.gather(1, out[:, None])[:, 0]
+    if len(greedy) == len(params):
+        out = logits.argmax(dim=-1)
+    else:
+        out = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
+        if greedy:
+            out[greedy] = logits[greedy].argmax(dim=-1)
+        for i, p in enumerate(params):
+            if not p.greedy:
+                out[i] = _sample_row(logits[i], p, generators[i])
+    chosen = torch.zeros(len(params), dtype=torch.float32, device=logits.device)
+    want = [i for i, p in enumerate(params) if p.return_logprobs]
+    if want:
+        rows = raw[want] if len(want) < len(params) else raw
+        picked = out[want] if len(want) < len(params) else out
+        chosen[want] = torch.log_softmax(rows.float(), dim=-1).gather(1, picked[:, None])[:, 0]
+    return out, chosen
 
 
 def _sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None,

@@ -184,9 +184,48 @@ static void scores(const float *const *qs, int count, const float *kt, int64_t d
     }
 }
 
+#ifdef __AVX512F__
+/* exp_poly on 16 lanes: the same operations in the same order on each lane (the same bits). */
+static inline __m512 exp_poly16(__m512 x) {
+    const __mmask16 low = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
+    const __m512 xc = _mm512_mask_blend_ps(low, x, _mm512_set1_ps(-87.0f));
+    const __m512 big = _mm512_set1_ps(12582912.0f);
+    const __m512 kf = _mm512_sub_ps(
+        _mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504f)), big), big);
+    const __m512 r = _mm512_sub_ps(_mm512_sub_ps(xc, _mm512_mul_ps(kf, _mm512_set1_ps(0.693359375f))),
+                                   _mm512_mul_ps(kf, _mm512_set1_ps(-2.12194440e-4f)));
+    static const float coef[6] = {8.33333333e-3f, 4.16666667e-2f, 1.66666667e-1f, 0.5f, 1.0f,
+                                  1.0f};
+    __m512 p = _mm512_set1_ps(1.38888889e-3f);
+    for (int i = 0; i < 6; i++) p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(coef[i]));
+    const __m512i bits = _mm512_slli_epi32(
+        _mm512_add_epi32(_mm512_cvttps_epi32(kf), _mm512_set1_epi32(127)), 23);
+    return _mm512_maskz_mul_ps(~low, p, _mm512_castsi512_ps(bits));
+}
+#endif
+
 /* One block for one query and head, given its scores: the running max (rescaling the sums
  * and the output when it grows), then s becomes the weights exp(s - max), 0 past `valid`. */
 static void update(float *s, int valid, int64_t dim, Running *run, float *acc) {
+#ifdef __AVX512F__
+    if (BLOCK == 16) { /* the same values, without a chain of 16 scalar compares */
+        const __mmask16 live = valid >= 16 ? 0xFFFF : (__mmask16)((1u << valid) - 1u);
+        const __m512 sv = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), live, s);
+        const float block_top = _mm512_reduce_max_ps(sv);
+        const float top = block_top > run->max ? block_top : run->max;
+        __m512 sum = _mm512_loadu_ps(run->sum);
+        if (top > run->max) {
+            const float f = exp_poly(run->max - top);
+            for (int64_t d = 0; d < dim; d++) acc[d] *= f;
+            sum = _mm512_mul_ps(sum, _mm512_set1_ps(f));
+            run->max = top;
+        }
+        const __m512 w = exp_poly16(_mm512_sub_ps(sv, _mm512_set1_ps(top)));
+        _mm512_storeu_ps(s, w);
+        _mm512_storeu_ps(run->sum, _mm512_add_ps(sum, w));
+        return;
+    }
+#endif
     float top = run->max;
     for (int l = 0; l < BLOCK; l++) {
         s[l] = l < valid ? s[l] : -INFINITY;
