@@ -231,8 +231,10 @@ def test_views_in_a_real_browser_light_and_dark(lab) -> None:
     if os.environ.get("LMNB_UPDATE_DOCS"):  # the README's pictures
         for name, doc in DOCS.items():
             shutil.copy(artifacts / name, ROOT / "docs" / doc)
-    assert seen[0] < seen[-1], seen  # it grew while the program ran
-    assert len(set(seen)) >= 3, seen  # and not in one jump: several live updates
+    # it grew while the program ran: the browser saw a count before the last one (how many
+    # steps it sees varies: on an idle machine the program is nearly done when the view is
+    # first drawn, [14, 17] in some runs, [6, 9, 12, 14, 17] in others)
+    assert seen[0] < seen[-1], seen
     assert streams == "5"  # the root and its four forks, each in the token stream
     assert monitor > seen[-1]  # the chat grew the live monitor, not the frozen dashboard
     assert all(shot.stat().st_size > 10_000 for shot in shots)
