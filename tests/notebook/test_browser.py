@@ -1,11 +1,12 @@
 """A real browser: JupyterLab 4 from this venv, Debian's chromium driven by Playwright, one
-notebook of three views: `%lmnb monitor` (following the runtime live), a forking
+notebook of three views and an error: `%lmnb monitor` (following the runtime live), a forking
 `%%lmprogram` (its dashboard: token stream with a lane per fork, trace, tree, statistics) and
 a chat. The monitor runs first, and the rest once it is drawn. While the forking program runs
 the trees' node counts (the `data-num-nodes` attribute the JS sets) grow; once it ended
 the cell's dashboard is frozen: the chat that runs next grows the monitor's tree, not the
 forking cell's. Its token box shows the end of the text, and its tree and statistics sit side
-by side.
+by side. Last, a cell with a typo: its traceback is a few lines ending at the cell's own line,
+labelled with the cell's number as JupyterLab shows it, without lmnb's frames.
 
 The server listens on 127.0.0.1 on a free port with a random token, in a fresh temporary root
 and Jupyter config/runtime folders; it is always shut down, with its kernels. Screenshots of
@@ -39,12 +40,14 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 PROGRAM = """%%lmprogram --out st --temperature 0 --wait
+import time
 s += system("You are a helpful assistant.")
 s += user("Name four different fruits, one per answer.")
 forks = s.fork(4)
 for i, f in enumerate(forks):
     f += assistant(f"Fruit number {i + 1} is" + gen("fruit", max_tokens=24, stop="\\n"))
 forks.join()
+time.sleep(3)  # a tool's work between calls: the tree stays part-grown while views refresh
 s += user("Which one is the sweetest?")
 s += assistant(gen("sweetest", max_tokens=48))
 s += user("And which one is the most sour?")
@@ -59,7 +62,14 @@ for question in ["What is the capital of France?", "And of Spain?", "Which is la
     s += user(question)
     s += assistant(gen(max_tokens=24, stop="\\n"))
 """
-CELLS = {"monitor": "%lmnb monitor", "fork": PROGRAM, "chat": CHAT}  # cell name -> source
+# a typo: the traceback must end at the cell's own line, labelled as JupyterLab labels it
+TYPO = """%%lmprogram --out trip
+city = "Paris"
+s += user("What is there to see in " + citty + "?")
+s += assistant(gen("sights", max_tokens=16))
+"""
+CELLS = {"monitor": "%lmnb monitor", "fork": PROGRAM, "chat": CHAT,
+         "error": TYPO}  # cell name -> source (the error last: a failing cell stops Run All)
 DOCS = {"fork-light.png": "dashboard.png", "chat-dark.png": "chat-dark.png",
         "monitor-light.png": "monitor.png"}  # screenshot -> the README's picture in docs/
 
@@ -224,6 +234,10 @@ def test_views_in_a_real_browser_light_and_dark(lab) -> None:
             done = ".lmnb-view[data-lmnb-live][data-done='1'][data-status='done']"
             cell["fork"].locator(done).wait_for(state="attached", timeout=180_000)
             cell["chat"].locator(done).wait_for(state="attached", timeout=180_000)
+            error = cell["error"].locator(".jp-OutputArea-output")
+            error.filter(has_text="NameError").wait_for(state="attached", timeout=180_000)
+            error_text = error.all_inner_texts()
+            error_count = cell["error"].locator(".jp-InputPrompt").inner_text()
             _wait_kernel_idle(base, token)
             time.sleep(1.5)  # the monitor's last refreshes land
             seen.append(int(tree.get_attribute("data-num-nodes")))
@@ -247,6 +261,14 @@ def test_views_in_a_real_browser_light_and_dark(lab) -> None:
     # counts were [0, 6, 15, 17] in one run, [17] in another while the monitor's were [0, 12])
     assert any(0 < count < seen[-1] for count in seen + followed), (seen, followed)
     assert streams == "5"  # the root and its four forks, each in the token stream
+    # the typo's traceback: short, at the cell's line as JupyterLab numbers the cell, no
+    # lmnb internals, and no empty dashboard (the program failed before its first call)
+    text = "\n".join(error_text)
+    number = error_count.strip("[]: ")
+    assert f"Cell In[{number}], line 3" in text and "citty" in text, (error_count, text)
+    assert "NameError: name 'citty' is not defined" in text, text
+    assert not any(f in text for f in ("function.py", "magics.py", "interpreter.py")), text
+    assert len(text.splitlines()) < 20, text
     assert monitor > seen[-1]  # the chat grew the live monitor, not the frozen dashboard
     assert all(shot.stat().st_size > 10_000 for shot in shots)
     # the token box overflows and shows its end; the tree and the statistics side by side
