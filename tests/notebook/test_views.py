@@ -267,6 +267,21 @@ def test_each_cells_views_keep_their_moment(runtime, engine) -> None:
     """Three programs, a dashboard and a tree/stats view after each (as three cells make them):
     three growing trees; each dashboard froze when its program ended, at the moment the
     views made right after it show, and later programs leave it as it was."""
+    _three_cells(runtime, engine)
+
+
+def test_views_of_a_remote_runtime_keep_their_moment_too(engine) -> None:
+    """The same against `lmnb serve` (views drawn from /snapshot and /events)."""
+    from lmnb.server.serve import start_server
+
+    srv = start_server(engine)
+    try:
+        _three_cells(lm.RuntimeEndpoint(srv.url), engine)
+    finally:
+        srv.stop()
+
+
+def _three_cells(runtime, engine) -> None:
     lm.flush_cache(runtime)
     wait_idle(engine)
     boards, trees, stats = [], [], []
