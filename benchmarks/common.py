@@ -281,8 +281,14 @@ def write_json(name: str, data: dict[str, Any], rows: Sequence[Row] = (),
     payload = dict(data)
     if rows:
         payload["rows"] = [asdict(r) for r in rows]
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    text = json.dumps(payload, indent=2, default=str)
+    path.write_text(ABSOLUTE_PATH.sub(r"\1", text) + "\n")
     return path
+
+
+# an absolute path in a result (a binary, a command line) -> its last part: the files are
+# committed, and this machine's folders mean nothing on another
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:[\w.+-]+/)+([\w.+-]+)")
 
 
 def parse_only(value: str | None, known: Sequence[str]) -> list[str]:

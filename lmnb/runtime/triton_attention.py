@@ -58,6 +58,26 @@ def _softmax_step(s, m_i, l_i, acc, v, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _pool_block_step(q, m_i, l_i, acc, start, end, Table, KPool, VPool, row, kv_head, offs_d,
+                     d_mask, stride_table, stride_pt, stride_ph, stride_vpt, stride_vph,
+                     qk_scale, BLOCK_N: tl.constexpr, COMPUTE: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    """The queries q against the pool's keys start .. start+BLOCK_N-1 (below `end`) of the
+    request's slot row `row`, one kv head: the running softmax after them."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < end
+    slots = tl.load(Table + row * stride_table + offs_n, mask=n_mask, other=0)
+    kv_mask = n_mask[:, None] & d_mask[None, :]
+    k = tl.load(KPool + slots[:, None] * stride_pt + kv_head * stride_ph + offs_d[None, :],
+                mask=kv_mask, other=0.0).to(COMPUTE)
+    v = tl.load(VPool + slots[:, None] * stride_vpt + kv_head * stride_vph + offs_d[None, :],
+                mask=kv_mask, other=0.0).to(COMPUTE)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    s = tl.where(n_mask[None, :], s, float("-inf"))
+    return _softmax_step(s, m_i, l_i, acc, v, PRECISION)
+
+
+@triton.jit
 def _extend_kernel(
     Q, K, V, KPool, VPool, Table, Out,
     Rows, PrefixLens, ExtendLens, QStarts,
@@ -88,17 +108,10 @@ def _extend_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     # the cached prefix: every query sees all of it; keys through the request's slot row
     for start in range(0, prefix_len, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < prefix_len
-        slots = tl.load(Table + row * stride_table + offs_n, mask=n_mask, other=0)
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(KPool + slots[:, None] * stride_pt + kv_head * stride_ph + offs_d[None, :],
-                    mask=kv_mask, other=0.0).to(COMPUTE)
-        v = tl.load(VPool + slots[:, None] * stride_vpt + kv_head * stride_vph + offs_d[None, :],
-                    mask=kv_mask, other=0.0).to(COMPUTE)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, v, PRECISION)
+        m_i, l_i, acc = _pool_block_step(
+            q, m_i, l_i, acc, start, prefix_len, Table, KPool, VPool, row, kv_head, offs_d, d_mask,
+            stride_table, stride_pt, stride_ph, stride_vpt, stride_vph, qk_scale,
+            BLOCK_N, COMPUTE, PRECISION)
     # this step's tokens, causally: query j sees new keys 0..j (no key past this block's end)
     end = tl.minimum(extend_len, (block + 1) * BLOCK_M)
     for start in range(0, end, BLOCK_N):
@@ -150,17 +163,10 @@ def _decode_split_kernel(
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     for start in range(lo, hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < hi
-        slots = tl.load(Table + row * stride_table + offs_n, mask=n_mask, other=0)
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(KPool + slots[:, None] * stride_pt + kv_head * stride_ph + offs_d[None, :],
-                    mask=kv_mask, other=0.0).to(COMPUTE)
-        v = tl.load(VPool + slots[:, None] * stride_vpt + kv_head * stride_vph + offs_d[None, :],
-                    mask=kv_mask, other=0.0).to(COMPUTE)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, v, PRECISION)
+        m_i, l_i, acc = _pool_block_step(
+            q, m_i, l_i, acc, start, hi, Table, KPool, VPool, row, kv_head, offs_d, d_mask,
+            stride_table, stride_pt, stride_ph, stride_vpt, stride_vph, qk_scale,
+            BLOCK_N, COMPUTE, PRECISION)
     has_keys = l_i > 0  # an empty split (a short request) weighs nothing in the merge
     out = tl.where(has_keys[:, None], acc / tl.where(has_keys, l_i, 1.0)[:, None], 0.0)
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
