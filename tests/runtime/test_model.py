@@ -93,3 +93,15 @@ def test_greedy_tokens_equal_transformers_generate(engine_fp32, hf_default, toke
         ref = hf_default.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,
                                   min_new_tokens=32, attention_mask=torch.ones(1, len(ids)))
         assert handle.result().output_ids == ref[0, len(ids):].tolist()
+
+
+def test_lmnb_model_names_the_default_model(monkeypatch, tmp_path) -> None:
+    """`$LMNB_MODEL` is what `model=None` loads (a converted folder here); a missing one is
+    named in the error."""
+    folder = loader.resolve(None).folder
+    monkeypatch.setenv("LMNB_MODEL", str(folder))
+    files = loader.resolve(None)
+    assert files.folder == folder and files.gguf is None and files.name == folder.name
+    monkeypatch.setenv("LMNB_MODEL", str(tmp_path / "no-such-model"))
+    with pytest.raises(loader.ModelNotFoundError, match="no-such-model"):
+        loader.resolve(None)
