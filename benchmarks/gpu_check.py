@@ -203,27 +203,47 @@ def programs() -> dict[str, Any]:
             "tail": tail}
 
 
+STAGES = {"tests": run_tests, "parity": parity, "benchmark": benchmark, "programs": programs}
+
+
+def run_stage(name: str, out: Path) -> None:
+    """One stage in this process, its result (or its traceback) written to `out`."""
+    try:
+        result = STAGES[name]()
+    except Exception:  # noqa: BLE001 - the traceback is the result
+        result = {"error": traceback.format_exc()}
+        print(f"[{name}] failed:\n{result['error']}")
+    out.write_text(json.dumps(result, default=str))
+
+
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     args.add_argument("--skip-tests", action="store_true")
     args.add_argument("--skip-programs", action="store_true")
+    args.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # a child's one stage
+    args.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     opts = args.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA GPU here (torch.cuda.is_available() is False)")
+    if opts.stage:
+        return run_stage(opts.stage, opts.out)
     results: dict[str, Any] = {"gpu": torch.cuda.get_device_name(),
                                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-    stages = {"tests": run_tests, "parity": parity, "benchmark": benchmark, "programs": programs}
     skip = {"tests": opts.skip_tests, "programs": opts.skip_programs}
     path = ROOT / "benchmarks" / "results" / "gpu.json"
-    for name, stage in stages.items():
+    out = path.with_suffix(".stage.json")
+    for name in STAGES:
         if skip.get(name):
             continue
-        try:  # a failing stage is reported and the next one still runs
-            results[name] = stage()
-        except Exception:  # noqa: BLE001 - the traceback is the result
-            results[name] = {"error": traceback.format_exc()}
-            print(f"[{name}] failed:\n{results[name]['error']}")
+        # each stage in its own process: a device-side assert poisons a CUDA context for
+        # good, and the next stage should still run and report
+        out.unlink(missing_ok=True)
+        proc = subprocess.run([sys.executable, __file__, "--stage", name, "--out", str(out)],
+                              cwd=ROOT)
+        results[name] = (json.loads(out.read_text()) if out.exists() else
+                         {"error": f"the stage's process ended with {proc.returncode}"})
         path.write_text(json.dumps(results, indent=1, default=str) + "\n")  # after each stage
+    out.unlink(missing_ok=True)
     print(f"written {path.relative_to(ROOT)} ({results['gpu']})")
 
 

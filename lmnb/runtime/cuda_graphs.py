@@ -32,6 +32,10 @@ class Captured:
     graph: torch.cuda.CUDAGraph
     inputs: torch.Tensor  # [5, bucket] int64: ids, positions, out slots, rows, lens
     logits: torch.Tensor  # [bucket, vocab] fp32, rewritten by every replay
+    # every tensor made before the capture that the graph reads (the batch's last-token
+    # indices, the plan's views): a graph holds addresses, not references, so these must live
+    # as long as it does, or a replay reads memory the allocator has handed to something else
+    keep: tuple[ForwardBatch, AttentionPlan]
 
 
 class DecodeGraphs:
@@ -78,7 +82,7 @@ class DecodeGraphs:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.memory):
             logits = self.model.forward(batch, pool, table, plan=plan)
-        self.captured[size, splits] = Captured(graph, inputs, logits)
+        self.captured[size, splits] = Captured(graph, inputs, logits, (batch, plan))
         return self.captured[size, splits]
 
 

@@ -52,6 +52,9 @@ def test_the_default(no_env, monkeypatch, native_bf16, exact, want) -> None:
 
 def test_describe_says_what_runs_and_why(engine) -> None:
     info = engine.describe()
+    if engine.device.type == "cuda":  # a plain Engine() on a GPU machine
+        assert info["gpu"] == torch.cuda.get_device_name() and "triton" in info["attention"]
+        return
     assert info["dtype"] == str(engine.dtype).removeprefix("torch.")
     assert info["dtype_reason"] and info["cpu"] == device.cpu_name()
     assert info["native_bf16"] == device.cpu_has_native_bf16()
@@ -68,7 +71,7 @@ def test_deterministic_true_refuses_to_run_without_the_kernels() -> None:
 
 def test_without_the_kernels_the_default_is_fp32_and_says_so(no_env) -> None:
     with cpu_kernels.disabled():
-        eng = Engine(max_tokens_in_cache=256)
+        eng = Engine(device="cpu", max_tokens_in_cache=256)
     try:
         info = eng.describe()
         assert info["deterministic"] is False and info["linear"] in ("onednn", "torch")
