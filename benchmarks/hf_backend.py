@@ -176,7 +176,8 @@ class HFRuntime(TokenBackend):
                 return
             while True:
                 banned = self.outputs.banned_row(req)
-                banned = None if banned is None else torch.from_numpy(banned)[None]
+                banned = (None if banned is None else
+                          torch.from_numpy(banned)[None].to(logits.device))
                 tokens, lps = sample(logits[None], [req.params], [gen], banned)
                 if self.outputs.append_token(req, tokens[0], lps[0]):
                     return
