@@ -98,5 +98,17 @@ class ReqToToken:
             self.table[row, start : start + len(slots)] = torch.tensor(
                 slots, dtype=torch.int64, device=self.table.device)
 
+    def set_many(self, writes: list[tuple[int, int, list[int]]]) -> None:
+        """Several `set(row, start, slots)` in one indexed write: one copy to the device a
+        decode step, not one (and on a GPU a synchronising copy) a request."""
+        rows, cols, values = [], [], []
+        for row, start, slots in writes:
+            rows += [row] * len(slots)
+            cols += range(start, start + len(slots))
+            values += slots
+        if values:
+            at = torch.tensor([rows, cols, values], dtype=torch.int64, device=self.table.device)
+            self.table[at[0], at[1]] = at[2]
+
     def get(self, row: int, end: int) -> list[int]:
         return self.table[row, :end].tolist()

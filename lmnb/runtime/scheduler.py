@@ -130,8 +130,7 @@ class Scheduler:
         if slots is None:
             return []
         items = [ExtendItem(r, r.kv_len, [r.all_ids[-1]], [s]) for r, s in zip(reqs, slots)]
-        for item in items:
-            self.table.set(item.req.row, item.start, item.slots)  # type: ignore[arg-type]
+        self.table.set_many([(i.req.row, i.start, i.slots) for i in items])  # type: ignore[misc]
         return items
 
     def _shares_with(self, req: Req, fresh: list[Req]) -> bool:
