@@ -93,8 +93,7 @@ class OutputProcessor:
         reqs, rows, bans = [], [], []
         for req, row in to_sample:
             try:
-                bans.append(self.allowed_words(req) if self.packed_masks
-                            else self.banned_row(req))
+                bans.append(self.bans(req))
             except Exception as exc:
                 _fail(req, exc, done)
                 continue
@@ -129,7 +128,11 @@ class OutputProcessor:
                 _fail(req, exc, done)
 
     def _sample_rows(self, reqs: list[Req], rows: list[torch.Tensor],
-                     gens: list[torch.Generator | None], bans: list[np.ndarray | None]):
+                     gens: list[torch.Generator | None],
+                     bans: list[np.ndarray | list[int] | None]):
+        ids = [b if isinstance(b, list) else [] for b in bans]
+        banned_ids = ids if any(ids) else None
+        bans = [None if isinstance(b, list) else b for b in bans]
         banned = None
         if self.packed_masks and any(b is not None for b in bans):
             words = np.full((len(reqs), num_words(self.vocab_size)), -1, dtype=np.int32)
@@ -137,7 +140,8 @@ class OutputProcessor:
                 if b is not None:
                     words[i] = b
             allowed = host_to_device(torch.from_numpy(words), rows[0].device)
-            return sample(torch.stack(rows), [r.params for r in reqs], gens, allowed=allowed)
+            return sample(torch.stack(rows), [r.params for r in reqs], gens, allowed=allowed,
+                          banned_ids=banned_ids)
         if any(b is not None for b in bans):
             # numpy: per-row torch ops on 49k-wide rows stall for ms when the cores are busy
             banned = np.zeros((len(reqs), self.vocab_size), dtype=np.bool_)
@@ -145,7 +149,8 @@ class OutputProcessor:
                 if b is not None:
                     banned[i] = b
             banned = host_to_device(torch.from_numpy(banned), rows[0].device)
-        return sample(torch.stack(rows), [r.params for r in reqs], gens, banned)
+        return sample(torch.stack(rows), [r.params for r in reqs], gens, banned,
+                      banned_ids=banned_ids)
 
     def _prompt_logprobs(self, req: Req, item: ExtendItem, w: list[int], rows: torch.Tensor):
         if req.next_prompt_logprob is None:
@@ -166,6 +171,22 @@ class OutputProcessor:
             self._seeded[req.rid] = torch.Generator(device=self.device).manual_seed(
                 req.params.seed)
         return self._seeded[req.rid]
+
+    def bans(self, req: Req) -> np.ndarray | list[int] | None:
+        """What a request may not sample now: None (nothing), the stop ids alone (no grammar:
+        EOS and stop tokens while `min_new_tokens` is unmet or under `ignore_eos`; a few
+        logits set to -inf, not a mask over the vocabulary), or a grammar's whole mask
+        (`allowed_words` where masks cross packed, else `banned_row`)."""
+        if req.grammar is None:
+            return self.stop_ids(req) or None
+        return self.allowed_words(req) if self.packed_masks else self.banned_row(req)
+
+    def stop_ids(self, req: Req) -> list[int]:
+        """The ids a request may not sample yet for want of length (none once it may stop)."""
+        if len(req.output_ids) >= req.params.min_new_tokens and not req.params.ignore_eos:
+            return []
+        stops = list(req.params.stop_token_ids) + list(self.eos_ids)
+        return [s for s in stops if 0 <= s < self.vocab_size]
 
     def banned_row(self, req: Req) -> np.ndarray | None:
         """[vocab] bool, True where a token may not be sampled (None: nothing banned)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from lmnb.runtime.device import host_to_device
 from lmnb.runtime.grammar.bitmask import apply_bitmask_
 from lmnb.runtime.params import SamplingParams
 
@@ -22,8 +23,10 @@ def sample(
     banned: torch.Tensor | None = None,  # [batch, vocab] bool, True where a token is not allowed
     allowed: torch.Tensor | None = None,  # [batch, words] int32: packed, a set bit allows
     mask_kernels: str | None = None,  # `apply_bitmask_`'s kernels (None: triton on a GPU)
+    banned_ids: list[list[int]] | None = None,  # per row, a few ids not allowed (stop ids)
 ) -> tuple[list[int], list[float]]:
-    out, chosen = sample_on_device(logits, params, generators, banned, allowed, mask_kernels)
+    out, chosen = sample_on_device(logits, params, generators, banned, allowed, mask_kernels,
+                                   banned_ids)
     return out.tolist(), chosen.tolist()
 
 
@@ -34,6 +37,7 @@ def sample_on_device(
     banned: torch.Tensor | None = None,
     allowed: torch.Tensor | None = None,
     mask_kernels: str | None = None,
+    banned_ids: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens [batch] int64, their logprobs [batch] fp32), on the logits' device. The mask
     comes as bools (`banned`) or as a packed bitmask (`allowed`: applied on the logits'
@@ -41,6 +45,12 @@ def sample_on_device(
     is computed only where its request asked for them (`return_logprobs`; else 0): a
     log-softmax over the vocabulary is a good part of a small decode step's sampling."""
     raw = logits
+    if banned_ids is not None and any(banned_ids):  # the same -inf as a mask, on a few logits
+        rows = [i for i, ids in enumerate(banned_ids) for _ in ids]
+        where = host_to_device(rows + [t for ids in banned_ids for t in ids],
+                               logits.device).view(2, -1)
+        logits = logits.index_put((where[0], where[1]),
+                                  torch.full((), float("-inf"), device=logits.device))
     if banned is not None:
         logits = logits.masked_fill(banned, float("-inf"))
     if allowed is not None:

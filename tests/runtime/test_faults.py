@@ -130,14 +130,14 @@ def test_a_failing_request_fails_alone(small, monkeypatch, where) -> None:
     if where == "sample":
         real_sample = outputs.sample
 
-        def sample(logits, params, gens, banned=None):
+        def sample(logits, params, gens, banned=None, **kw):
             if hit([type("R", (), {"params": p}) for p in params]):
                 raise RuntimeError("injected fault")
-            return real_sample(logits, params, gens, banned)
+            return real_sample(logits, params, gens, banned, **kw)
 
         monkeypatch.setattr(outputs, "sample", sample)
     else:
-        name = {"banned": "banned_row", "append": "append_token",
+        name = {"banned": "bans", "append": "append_token",
                 "prompt_logprobs": "_prompt_logprobs", "deliver": "deliver"}[where]
         real = getattr(proc, name)
 
