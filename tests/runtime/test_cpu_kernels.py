@@ -136,3 +136,23 @@ def test_disabled_is_temporary() -> None:
         assert cpu_kernels.load() is None
         assert "disabled" in cpu_kernels.status()
     assert cpu_kernels.load() is kernels
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_bits_are_the_same_on_avx512_and_avx2(dtype) -> None:
+    """The AVX-512 attention (transposes, the 16-lane softmax update, bf16 rows widened in
+    the split order) performs the plain code's operations: the AVX2 build, which runs the
+    plain code, gives the same bits, so a CPU without AVX-512 answers the same."""
+    if not _has_avx512() or cpu_kernels.load() is None:
+        pytest.skip("needs an AVX-512 CPU with the kernels built")
+    native, avx2 = cpu_kernels.load(), cpu_kernels.build(("-mno-avx512f",))
+    gen = torch.Generator().manual_seed(11)
+    for heads, kv_heads, dim in ((9, 3, 64), (4, 2, 32)):
+        k_pool = torch.randn(700, kv_heads, dim, generator=gen).to(dtype)
+        v_pool = torch.randn(700, kv_heads, dim, generator=gen).to(dtype)
+        table = torch.randint(1, 700, (6, 300), generator=gen)
+        rows = torch.tensor([4, 4, 4, 1, 0, 5, 2])  # an extend tile of three, then decodes
+        lens = torch.tensor([20, 21, 22, 300, 1, 47, 129])
+        q = torch.randn(len(rows), heads, dim, generator=gen)
+        assert torch.equal(native.attention(q, k_pool, v_pool, table, rows, lens, 0.125),
+                           avx2.attention(q, k_pool, v_pool, table, rows, lens, 0.125))

@@ -18,7 +18,8 @@
  *
  * Speed: consecutive queries of one request (an extend) form a tile of up to 8 that shares
  * each block's keys, transposed once into [dim][16] (16 x 16 in registers with AVX-512; a
- * score is then a vector FMA per d) and widened from bf16 once; the score chains of up to 8
+ * score is then a vector FMA per d) and widened from bf16 once (a bf16 pool's rows are
+ * transposed as 32-bit words of two values and split by a shift and a mask); the score chains of up to 8
  * (query, head) pairs and the weighted sums of up to 4 run interleaved, which hides the FMA
  * latency; the k/v rows of the blocks ahead are prefetched (slots are scattered over the
  * pool); tiles are spread over OpenMP threads. The AVX-512 code performs the same operations
@@ -90,6 +91,23 @@ static inline void transpose16(const __m512 r[16], __m512 c[16]) {
 static void transpose_keys(const void *k, int bf16, const int64_t *slots, int64_t row,
                            int64_t off, int64_t dim, float *kt) {
 #ifdef __AVX512F__
+    if (bf16 && dim % 32 == 0) { /* 32-bit words of two bf16 transposed, then split: half the
+                                  * shuffles, and widening is a shift or a mask */
+        const uint16_t *k16 = k;
+        const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
+        for (int64_t d0 = 0; d0 < dim; d0 += 32) {
+            __m512 r[16], c[16];
+            for (int l = 0; l < BLOCK; l++)
+                r[l] = _mm512_castsi512_ps(_mm512_loadu_si512(k16 + slots[l] * row + off + d0));
+            transpose16(r, c); /* c[j]: dims d0 + 2j (low half) and d0 + 2j + 1 (high half) */
+            for (int j = 0; j < 16; j++) {
+                const __m512i w = _mm512_castps_si512(c[j]);
+                _mm512_storeu_si512(kt + (d0 + 2 * j) * BLOCK, _mm512_slli_epi32(w, 16));
+                _mm512_storeu_si512(kt + (d0 + 2 * j + 1) * BLOCK, _mm512_and_si512(w, high));
+            }
+        }
+        return;
+    }
     if (dim % 16 == 0) {
         for (int64_t d0 = 0; d0 < dim; d0 += 16) {
             __m512 r[16], c[16];
@@ -248,6 +266,30 @@ static void update(float *s, int valid, int64_t dim, Running *run, float *acc) {
 
 #define VPAIRS 4 /* pairs whose weighted sums run together, sharing each v row */
 
+/* A bf16 pool's v rows of 64 are widened without shuffles: each 32-bit word of two bf16 gives
+ * its low one by a shift and its high one by a mask, so the output row accumulates in the
+ * split order (dims 0, 2, .. 30, then 1, 3, .. 31, then the same for 32 .. 63) and is put
+ * back in order once, at the end. Each element's arithmetic is the same in either order. */
+static inline int split_order(int bf16, int64_t dim) {
+#ifdef __AVX512F__
+    return bf16 && dim == 64;
+#else
+    (void)bf16;
+    (void)dim;
+    return 0;
+#endif
+}
+
+static void unsplit64(float *o) {
+    float t[64];
+    for (int h = 0; h < 2; h++)
+        for (int i = 0; i < 16; i++) {
+            t[32 * h + 2 * i] = o[32 * h + i];
+            t[32 * h + 2 * i + 1] = o[32 * h + 16 + i];
+        }
+    memcpy(o, t, sizeof t);
+}
+
 /* acc_p[d] = fma(w_p[l], v_l[d], acc_p[d]) for l = 0 .. 15 in order, for `count` pairs that
  * read the same 16 v rows (weights past a query's keys are 0, adding exactly nothing). */
 #ifdef __AVX512F__
@@ -258,10 +300,19 @@ static inline __attribute__((always_inline)) void weighted_sum64(
     __m512 acc[VPAIRS][4];
     for (int p = 0; p < n; p++)
         for (int j = 0; j < 4; j++) acc[p][j] = _mm512_loadu_ps(accs[p] + 16 * j);
+    const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
     for (int l = 0; l < BLOCK; l++) {
         const int64_t at = slots[l] * row + off;
         __m512 vl[4];
-        for (int j = 0; j < 4; j++) vl[j] = load16(v, bf16, at + 16 * j);
+        if (bf16) { /* in the split order (`split_order`): even dims of each 32, then odd */
+            for (int h = 0; h < 2; h++) {
+                const __m512i w = _mm512_loadu_si512((const uint16_t *)v + at + 32 * h);
+                vl[2 * h] = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+                vl[2 * h + 1] = _mm512_castsi512_ps(_mm512_and_si512(w, high));
+            }
+        } else {
+            for (int j = 0; j < 4; j++) vl[j] = load16(v, bf16, at + 16 * j);
+        }
         for (int p = 0; p < n; p++) {
             const __m512 w = _mm512_set1_ps(ws[p][l]);
             for (int j = 0; j < 4; j++) acc[p][j] = _mm512_fmadd_ps(w, vl[j], acc[p][j]);
@@ -378,7 +429,9 @@ static int tile(const float *q, const void *k, const void *v, int bf16, const in
     for (int i = 0; i < count; i++)
         for (int64_t h = h0; h < h1; h++) {
             const float total = lane_sum(runs[i * heads + h].sum);
-            for (int64_t d = 0; d < dim; d++) out[(i * heads + h) * dim + d] /= total;
+            float *o = out + (i * heads + h) * dim;
+            for (int64_t d = 0; d < dim; d++) o[d] /= total;
+            if (split_order(bf16, dim)) unsplit64(o);
         }
     free(kt);
     free(runs);
