@@ -3,8 +3,8 @@
 `lmnb/runtime` never imports the language layer (any `lmnb` module outside `lmnb.runtime`),
 IPython, ipywidgets, traitlets or anywidget, not even inside a function or under
 TYPE_CHECKING; `lmnb/server` may import only the runtime and itself; `lmnb/lang` never imports
-the notebook layer (magics, widgets, IPython...) nor the server. Every module under `lmnb/` opens with a docstring, and ARCHITECTURE.md names
-every module.
+the notebook layer (magics, widgets, IPython...) nor the server. Every module under `lmnb/`
+opens with a docstring, and ARCHITECTURE.md names every module.
 """
 
 from __future__ import annotations
