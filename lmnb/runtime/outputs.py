@@ -190,33 +190,28 @@ class OutputProcessor:
 
     def banned_row(self, req: Req) -> np.ndarray | None:
         """[vocab] bool, True where a token may not be sampled (None: nothing banned)."""
-        mask_stops = len(req.output_ids) < req.params.min_new_tokens or req.params.ignore_eos
-        if req.grammar is None and not mask_stops:
+        stops = self.stop_ids(req)
+        if req.grammar is None and not stops:
             return None
         banned = np.zeros(self.vocab_size, dtype=np.bool_)
         if req.grammar is not None:
             bitmask = allocate_bitmask(1, self.vocab_size)
             req.grammar.fill_bitmask(bitmask[0])  # EOS allowed iff the grammar can end
             banned[:] = ~unpack_bitmask(bitmask, self.vocab_size)[0].numpy()
-        if mask_stops:
-            stops = list(req.params.stop_token_ids) + list(self.eos_ids)
-            banned[[s for s in stops if 0 <= s < self.vocab_size]] = True
+        banned[stops] = True
         return banned
 
     def allowed_words(self, req: Req) -> np.ndarray | None:
         """`banned_row` packed: [words] int32, a bit set where a token may be sampled (None:
         nothing banned)."""
-        mask_stops = len(req.output_ids) < req.params.min_new_tokens or req.params.ignore_eos
-        if req.grammar is None and not mask_stops:
+        stops = np.array(self.stop_ids(req), dtype=np.int64)
+        if req.grammar is None and not len(stops):
             return None
         bitmask = allocate_bitmask(1, self.vocab_size)
         if req.grammar is not None:
             req.grammar.fill_bitmask(bitmask[0])  # EOS allowed iff the grammar can end
         words = bitmask[0].numpy()
-        if mask_stops:
-            stops = np.array([s for s in list(req.params.stop_token_ids) + list(self.eos_ids)
-                              if 0 <= s < self.vocab_size], dtype=np.int64)
-            np.bitwise_and.at(words, stops // 32, ~np.left_shift(1, stops % 32).astype(np.int32))
+        np.bitwise_and.at(words, stops // 32, ~np.left_shift(1, stops % 32).astype(np.int32))
         return words
 
     def append_token(self, req: Req, tok: int, lp: float) -> bool:
