@@ -89,7 +89,16 @@ def test_attention_matches_torch(kernels, dtype, heads, kv_heads, dim) -> None:
     q = torch.randn(len(rows), heads, dim, generator=gen).to(dtype)
     got = kernels.attention(q, k_pool, v_pool, table, rows, lens, 0.125)
     want = _reference_attention(q, k_pool, v_pool, table, rows, lens)
-    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    if _pair_path(kernels, dtype, dim):  # softmax weights rounded to bf16 (2^-9 relative)
+        torch.testing.assert_close(got, want, atol=4e-3, rtol=1.6e-2)
+        assert (got - want).abs().mean() < 5e-4
+    else:
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def _pair_path(kernels, dtype, dim) -> bool:
+    """Whether attention over this pool takes the bf16 pair path (csrc/attention.c)."""
+    return kernels.bf16_pairs and dtype == torch.bfloat16 and dim == 64
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -142,10 +151,16 @@ def test_disabled_is_temporary() -> None:
 def test_attention_bits_are_the_same_on_avx512_and_avx2(dtype) -> None:
     """The AVX-512 attention (transposes, the 16-lane softmax update, bf16 rows widened in
     the split order) performs the plain code's operations: the AVX2 build, which runs the
-    plain code, gives the same bits, so a CPU without AVX-512 answers the same."""
+    plain code, gives the same bits, so a CPU without AVX-512 answers the same. (A CPU with
+    the bf16 dot product takes the pair path for bf16 pools: another arithmetic, like the
+    linear's pairs; the AVX-512 build without it is compared here.)"""
     if not _has_avx512() or cpu_kernels.load() is None:
         pytest.skip("needs an AVX-512 CPU with the kernels built")
-    native, avx2 = cpu_kernels.load(), cpu_kernels.build(("-mno-avx512f",))
+    native = cpu_kernels.load()
+    if native.bf16_pairs:
+        native = cpu_kernels.build(("-mno-avx512bf16",))
+        assert not native.bf16_pairs
+    avx2 = cpu_kernels.build(("-mno-avx512f",))
     gen = torch.Generator().manual_seed(11)
     for heads, kv_heads, dim in ((9, 3, 64), (4, 2, 32)):
         k_pool = torch.randn(700, kv_heads, dim, generator=gen).to(dtype)

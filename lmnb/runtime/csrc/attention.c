@@ -16,7 +16,12 @@
  * -ffast-math and with -ffp-contract=off: the compiler keeps every operation as written and
  * vectorises only across independent lanes (keys, or elements of dim).
  *
- * Speed: consecutive queries of one request (an extend) form a tile of up to 8 that shares
+ * A bf16 pool with heads of 64 on a CPU with the bf16 dot product takes the pair path instead
+ * (`pair_path` below): the same blocks, max and lanes, with scores and weighted sums as chains
+ * of pair steps (two exact products added to fp32 per step) and the weights rounded to bf16;
+ * its own arithmetic, used by every query on that CPU alike.
+ *
+ * Speed: consecutive queries of one request (an extend) form a tile of up to 32 that shares
  * each block's keys, transposed once into [dim][16] (16 x 16 in registers with AVX-512; a
  * score is then a vector FMA per d) and widened from bf16 once (a bf16 pool's rows are
  * transposed as 32-bit words of two values and split by a shift and a mask); the score chains
@@ -38,7 +43,10 @@
 #endif
 
 #define BLOCK 16 /* keys per block, one lane each */
-#define TILE 8   /* consecutive queries of one request computed together */
+#ifndef TILE /* (-DTILE=n: for measuring) */
+#define TILE 32 /* consecutive queries of one request computed together (8 -> 32: a long
+                 * extend's keys are read and transposed a quarter as often, ~10-15% faster) */
+#endif
 #define AHEAD 3  /* blocks whose k/v rows are prefetched ahead */
 
 static inline float widen(uint16_t h) {
@@ -226,8 +234,9 @@ static inline __m512 exp_poly16(__m512 x) {
 #endif
 
 /* One block for one query and head, given its scores: the running max (rescaling the sums
- * and the output when it grows), then s becomes the weights exp(s - max), 0 past `valid`. */
-static void update(float *s, int valid, int64_t dim, Running *run, float *acc) {
+ * and the output when it grows), then s becomes the weights exp(s - max), 0 past `valid`.
+ * pairs (the pair path): the weights rounded to bf16, also kept as 8 words of two. */
+static void update(float *s, int valid, int64_t dim, Running *run, float *acc, uint32_t *pairs) {
 #ifdef __AVX512F__
     if (BLOCK == 16) { /* the same values, without a chain of 16 scalar compares */
         const __mmask16 live = valid >= 16 ? 0xFFFF : (__mmask16)((1u << valid) - 1u);
@@ -241,12 +250,20 @@ static void update(float *s, int valid, int64_t dim, Running *run, float *acc) {
             sum = _mm512_mul_ps(sum, _mm512_set1_ps(f));
             run->max = top;
         }
-        const __m512 w = exp_poly16(_mm512_sub_ps(sv, _mm512_set1_ps(top)));
+        __m512 w = exp_poly16(_mm512_sub_ps(sv, _mm512_set1_ps(top)));
+#ifdef __AVX512BF16__
+        if (pairs) {
+            const __m256i half = (__m256i)_mm512_cvtneps_pbh(w);
+            _mm256_storeu_si256((__m256i *)pairs, half);
+            w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+        }
+#endif
         _mm512_storeu_ps(s, w);
         _mm512_storeu_ps(run->sum, _mm512_add_ps(sum, w));
         return;
     }
 #endif
+    (void)pairs; /* the pair path has AVX-512 */
     float top = run->max;
     for (int l = 0; l < BLOCK; l++) {
         s[l] = l < valid ? s[l] : -INFINITY;
@@ -289,6 +306,151 @@ static void unsplit64(float *o) {
         }
     memcpy(o, t, sizeof t);
 }
+
+#ifdef __AVX512BF16__
+/* The bf16 pair path (a bf16 pool with heads of 64, on a CPU with the bf16 dot product): each
+ * vdpbf16ps adds two exact products to an fp32 lane, so scores and weighted sums take half the
+ * instructions of the FMA chains. Its arithmetic, the same for every query wherever it is
+ * computed: q rounded to bf16 (exact in a bf16 model, whose q is bf16 already); a score is a
+ * chain of pair steps over d = (0, 1), (2, 3), .. (62, 63), times scale; a block's weights
+ * exp(s - max) are rounded to bf16, and the running sum adds the rounded weights; the output
+ * takes one pair step per key pair (0, 1), .. (14, 15) of each block. It gives other bits than
+ * the FMA chains (as the linear's pair path does), on every path of this CPU alike. */
+static inline int pair_path(int bf16, int64_t dim) { return bf16 && dim == 64; }
+
+/* kt[i][l] = the 32-bit word (k_l[2i], k_l[2i+1]) of one block's 16 keys of one kv head. */
+static void transpose_key_pairs(const uint16_t *k, const int64_t *slots, int64_t row,
+                                int64_t off, uint32_t *kt) {
+    for (int64_t d0 = 0; d0 < 64; d0 += 32) {
+        __m512 r[16], c[16];
+        for (int l = 0; l < BLOCK; l++)
+            r[l] = _mm512_castsi512_ps(_mm512_loadu_si512(k + slots[l] * row + off + d0));
+        transpose16(r, c);
+        for (int j = 0; j < 16; j++) _mm512_storeu_ps((float *)kt + (d0 / 2 + j) * BLOCK, c[j]);
+    }
+}
+
+/* vt[m][x] = the word (v_2m[d], v_2m+1[d]) for the dims d in the pair order: interleaving two
+ * rows within each 128-bit lane puts dims 8L .. 8L+3 (low) or 8L+4 .. 8L+7 (high) of each
+ * 32 in lane L (`unpair64` puts an output row back in order). */
+static void interleave_value_pairs(const uint16_t *v, const int64_t *slots, int64_t row,
+                                   int64_t off, uint32_t *vt) {
+    for (int m = 0; m < BLOCK / 2; m++) {
+        const uint16_t *a = v + slots[2 * m] * row + off, *b = v + slots[2 * m + 1] * row + off;
+        for (int h = 0; h < 2; h++) {
+            const __m512i x = _mm512_loadu_si512(a + 32 * h), y = _mm512_loadu_si512(b + 32 * h);
+            _mm512_storeu_si512(vt + m * 64 + 32 * h, _mm512_unpacklo_epi16(x, y));
+            _mm512_storeu_si512(vt + m * 64 + 32 * h + 16, _mm512_unpackhi_epi16(x, y));
+        }
+    }
+}
+
+static void unpair64(float *o) {
+    float t[64];
+    for (int j = 0; j < 4; j++)
+        for (int lane = 0; lane < 4; lane++)
+            for (int e = 0; e < 4; e++)
+                t[32 * (j / 2) + 8 * lane + 4 * (j % 2) + e] = o[16 * j + 4 * lane + e];
+    memcpy(o, t, sizeof t);
+}
+
+/* q rows of 64 as bf16 words: out[i] = (q[2i], q[2i+1]), nearest even. */
+static void round_q_pairs(const float *q, uint32_t *out) {
+    for (int h = 0; h < 2; h++)
+        _mm512_storeu_si512(out + 16 * h, (__m512i)_mm512_cvtne2ps_pbh(
+                                              _mm512_loadu_ps(q + 32 * h + 16),
+                                              _mm512_loadu_ps(q + 32 * h)));
+}
+
+static inline __attribute__((always_inline)) void pair_score_chains(
+    int n, const uint32_t *const *qs, const uint32_t *kt, float scale, float (*s)[BLOCK]) {
+    __m512 acc[CHAINS];
+    for (int p = 0; p < n; p++) acc[p] = _mm512_setzero_ps();
+    for (int i = 0; i < 32; i++) {
+        const __m512bh kd = (__m512bh)_mm512_loadu_si512(kt + i * BLOCK);
+        for (int p = 0; p < n; p++)
+            acc[p] = _mm512_dpbf16_ps(acc[p], (__m512bh)_mm512_set1_epi32((int)qs[p][i]), kd);
+    }
+    for (int p = 0; p < n; p++)
+        _mm512_storeu_ps(s[p], _mm512_mul_ps(acc[p], _mm512_set1_ps(scale)));
+}
+
+static void pair_scores(const uint32_t *const *qs, int count, const uint32_t *kt, float scale,
+                        float (*s)[BLOCK]) {
+    for (int first = 0; first < count; first += CHAINS) {
+        const int n = count - first < CHAINS ? count - first : CHAINS;
+        const uint32_t *const *q = qs + first;
+        float (*out)[BLOCK] = s + first;
+        switch (n) {
+        case 8: pair_score_chains(8, q, kt, scale, out); break;
+        case 7: pair_score_chains(7, q, kt, scale, out); break;
+        case 6: pair_score_chains(6, q, kt, scale, out); break;
+        case 5: pair_score_chains(5, q, kt, scale, out); break;
+        case 4: pair_score_chains(4, q, kt, scale, out); break;
+        case 3: pair_score_chains(3, q, kt, scale, out); break;
+        case 2: pair_score_chains(2, q, kt, scale, out); break;
+        default: pair_score_chains(1, q, kt, scale, out); break;
+        }
+    }
+}
+
+/* acc_p (pair order) += the block's weights times its v rows, one pair step per key pair.
+ * The v pairs come from vt (interleave_value_pairs), or, where vt is NULL, are interleaved
+ * here from the rows (v, slots, row, off): the same words. */
+static inline __attribute__((always_inline)) void pair_weighted_chains(
+    int n, float *const *accs, const uint32_t *const *ws, const uint32_t *vt, const uint16_t *v,
+    const int64_t *slots, int64_t row, int64_t off) {
+    __m512 acc[VPAIRS][4];
+    for (int p = 0; p < n; p++)
+        for (int j = 0; j < 4; j++) acc[p][j] = _mm512_loadu_ps(accs[p] + 16 * j);
+    for (int m = 0; m < BLOCK / 2; m++) {
+        __m512bh vm[4];
+        if (vt) {
+            for (int j = 0; j < 4; j++) vm[j] = (__m512bh)_mm512_loadu_si512(vt + m * 64 + 16 * j);
+        } else {
+            const uint16_t *a = v + slots[2 * m] * row + off, *b = v + slots[2 * m + 1] * row + off;
+            for (int h = 0; h < 2; h++) {
+                const __m512i x = _mm512_loadu_si512(a + 32 * h), y = _mm512_loadu_si512(b + 32 * h);
+                vm[2 * h] = (__m512bh)_mm512_unpacklo_epi16(x, y);
+                vm[2 * h + 1] = (__m512bh)_mm512_unpackhi_epi16(x, y);
+            }
+        }
+        for (int p = 0; p < n; p++) {
+            const __m512bh w = (__m512bh)_mm512_set1_epi32((int)ws[p][m]);
+            for (int j = 0; j < 4; j++) acc[p][j] = _mm512_dpbf16_ps(acc[p][j], w, vm[j]);
+        }
+    }
+    for (int p = 0; p < n; p++)
+        for (int j = 0; j < 4; j++) _mm512_storeu_ps(accs[p] + 16 * j, acc[p][j]);
+}
+
+/* vt: a buffer for the block's v pairs, made once where more than one pass reads them. */
+static void pair_weighted_sum(float *const *accs, const uint32_t *const *ws, int count,
+                              uint32_t *vt, const uint16_t *v, const int64_t *slots,
+                              int64_t row, int64_t off) {
+    if (count > VPAIRS)
+        interleave_value_pairs(v, slots, row, off, vt);
+    else
+        vt = NULL;
+    for (int first = 0; first < count; first += VPAIRS) {
+        const int n = count - first < VPAIRS ? count - first : VPAIRS;
+        float *const *a = accs + first;
+        const uint32_t *const *w = ws + first;
+        switch (n) {
+        case 4: pair_weighted_chains(4, a, w, vt, v, slots, row, off); break;
+        case 3: pair_weighted_chains(3, a, w, vt, v, slots, row, off); break;
+        case 2: pair_weighted_chains(2, a, w, vt, v, slots, row, off); break;
+        default: pair_weighted_chains(1, a, w, vt, v, slots, row, off); break;
+        }
+    }
+}
+#else
+static inline int pair_path(int bf16, int64_t dim) {
+    (void)bf16;
+    (void)dim;
+    return 0;
+}
+#endif
 
 /* acc_p[d] = fma(w_p[l], v_l[d], acc_p[d]) for l = 0 .. 15 in order, for `count` pairs that
  * read the same 16 v rows (weights past a query's keys are 0, adding exactly nothing). */
@@ -376,8 +538,21 @@ static int tile(const float *q, const void *k, const void *v, int bf16, const in
     int *pair_query = malloc(sizeof(int) * (size_t)(count * group));
     float **accs = malloc(sizeof(float *) * (size_t)(count * group));
     const float **ws = malloc(sizeof(float *) * (size_t)(count * group));
+    const int pairs_on = pair_path(bf16, dim);
+    /* the pair path: q rows as bf16 words, each pair's weights as words, the block's v pairs */
+    uint32_t *qw = pairs_on ? malloc(sizeof(uint32_t) * 32 * (size_t)(count * heads)) : NULL;
+    uint32_t *wq = pairs_on ? malloc(sizeof(uint32_t) * 8 * (size_t)(count * group)) : NULL;
+    uint32_t *vt = pairs_on ? malloc(sizeof(uint32_t) * 8 * 64) : NULL;
+    const uint32_t **qws = pairs_on ? malloc(sizeof(uint32_t *) * (size_t)(count * group)) : NULL;
+    const uint32_t **wqs = pairs_on ? malloc(sizeof(uint32_t *) * (size_t)(count * group)) : NULL;
     if (kt == NULL || runs == NULL || s == NULL || qs == NULL || pair_query == NULL
-        || accs == NULL || ws == NULL) {
+        || accs == NULL || ws == NULL
+        || (pairs_on && (qw == NULL || wq == NULL || vt == NULL || qws == NULL || wqs == NULL))) {
+        free(qw);
+        free(wq);
+        free(vt);
+        free((void *)qws);
+        free((void *)wqs);
         free(accs);
         free((void *)ws);
         free(kt);
@@ -392,6 +567,9 @@ static int tile(const float *q, const void *k, const void *v, int bf16, const in
             for (int64_t d = 0; d < dim; d++) out[(i * heads + h) * dim + d] = 0.0f; /* accs */
             runs[i * heads + h].max = -INFINITY;
             for (int l = 0; l < BLOCK; l++) runs[i * heads + h].sum[l] = 0.0f;
+#ifdef __AVX512BF16__
+            if (pairs_on) round_q_pairs(q + (i * heads + h) * dim, qw + (i * heads + h) * 32);
+#endif
         }
     int64_t block_slots[BLOCK];
     for (int64_t start = 0; start < longest; start += BLOCK) {
@@ -405,25 +583,41 @@ static int tile(const float *q, const void *k, const void *v, int bf16, const in
             prefetch_row((const char *)v + at, (g1 - g0) * dim * elem);
         }
         for (int64_t g = g0; g < g1; g++) {
-            transpose_keys(k, bf16, block_slots, row, g * dim, dim, kt);
             int pairs = 0; /* the (query, head) pairs of this kv head that see the block */
             for (int i = 0; i < count; i++) {
                 if (lens[i] <= start) continue;
                 for (int64_t h = g * group; h < (g + 1) * group; h++) {
                     qs[pairs] = q + (i * heads + h) * dim;
+                    if (pairs_on) qws[pairs] = qw + (i * heads + h) * 32;
                     pair_query[pairs++] = i;
                 }
             }
-            scores(qs, pairs, kt, dim, scale, s);
+#ifdef __AVX512BF16__
+            if (pairs_on) {
+                transpose_key_pairs(k, block_slots, row, g * dim, (uint32_t *)kt);
+                pair_scores(qws, pairs, (const uint32_t *)kt, scale, s);
+            } else
+#endif
+            {
+                transpose_keys(k, bf16, block_slots, row, g * dim, dim, kt);
+                scores(qs, pairs, kt, dim, scale, s);
+            }
             for (int p = 0; p < pairs; p++) {
                 const int i = pair_query[p];
                 const int64_t h = g * group + p % group;
                 const int valid = lens[i] - start < BLOCK ? (int)(lens[i] - start) : BLOCK;
                 accs[p] = out + (i * heads + h) * dim;
                 ws[p] = s[p];
-                update(s[p], valid, dim, &runs[i * heads + h], accs[p]);
+                if (pairs_on) wqs[p] = wq + 8 * p;
+                update(s[p], valid, dim, &runs[i * heads + h], accs[p],
+                       pairs_on ? wq + 8 * p : NULL);
             }
-            weighted_sum(accs, ws, pairs, v, bf16, block_slots, row, g * dim, dim);
+#ifdef __AVX512BF16__
+            if (pairs_on)
+                pair_weighted_sum(accs, wqs, pairs, vt, v, block_slots, row, g * dim);
+            else
+#endif
+                weighted_sum(accs, ws, pairs, v, bf16, block_slots, row, g * dim, dim);
         }
     }
     for (int i = 0; i < count; i++)
@@ -431,8 +625,19 @@ static int tile(const float *q, const void *k, const void *v, int bf16, const in
             const float total = lane_sum(runs[i * heads + h].sum);
             float *o = out + (i * heads + h) * dim;
             for (int64_t d = 0; d < dim; d++) o[d] /= total;
+#ifdef __AVX512BF16__
+            if (pairs_on) {
+                unpair64(o);
+                continue;
+            }
+#endif
             if (split_order(bf16, dim)) unsplit64(o);
         }
+    free(qw);
+    free(wq);
+    free(vt);
+    free((void *)qws);
+    free((void *)wqs);
     free(kt);
     free(runs);
     free(s);
