@@ -870,17 +870,17 @@ static uint8_t *pair_rows(const float *x, int64_t m, int64_t k, int num_threads)
     for (int64_t r = 0; r < m; r++) {
         uint16_t *xb = (uint16_t *)(rows + r * stride);
         float *sums = (float *)(rows + r * stride + 2 * k);
-        for (int64_t g = 0; g < k / GROUP; g++) {
-            float sx = 0.0f;
-            for (int64_t kk = g * GROUP; kk < (g + 1) * GROUP; kk++) {
-                uint32_t bits;
-                memcpy(&bits, &x[r * k + kk], sizeof bits);
-                bits += 0x7FFF + ((bits >> 16) & 1);
-                xb[kk] = (uint16_t)(bits >> 16);
-                sx += bf16_to_f32(xb[kk]);
-            }
-            sums[g] = sx;
+        for (int64_t kk = 0; kk < k; kk++) {
+            uint32_t bits;
+            memcpy(&bits, &x[r * k + kk], sizeof bits);
+            bits += 0x7FFF + ((bits >> 16) & 1);
+            xb[kk] = (uint16_t)(bits >> 16);
         }
+        /* each group's sum in k order from 0; the groups' chains interleaved (one chain alone
+         * waits on each add's latency) */
+        for (int64_t g = 0; g < k / GROUP; g++) sums[g] = 0.0f;
+        for (int64_t j = 0; j < GROUP; j++)
+            for (int64_t g = 0; g < k / GROUP; g++) sums[g] += bf16_to_f32(xb[g * GROUP + j]);
     }
     return rows;
 }
