@@ -140,7 +140,7 @@ class OutputProcessor:
                 if b is not None:
                     words[i] = b
             allowed = host_to_device(torch.from_numpy(words), rows[0].device)
-            return sample(torch.stack(rows), [r.params for r in reqs], gens, allowed=allowed,
+            return sample(_stack(rows), [r.params for r in reqs], gens, allowed=allowed,
                           banned_ids=banned_ids)
         if any(b is not None for b in bans):
             # numpy: per-row torch ops on 49k-wide rows stall for ms when the cores are busy
@@ -149,7 +149,7 @@ class OutputProcessor:
                 if b is not None:
                     banned[i] = b
             banned = host_to_device(torch.from_numpy(banned), rows[0].device)
-        return sample(torch.stack(rows), [r.params for r in reqs], gens, banned,
+        return sample(_stack(rows), [r.params for r in reqs], gens, banned,
                       banned_ids=banned_ids)
 
     def _prompt_logprobs(self, req: Req, item: ExtendItem, w: list[int], rows: torch.Tensor):
@@ -306,3 +306,12 @@ def _fail(req: Req, exc: Exception, done: list[Req]) -> None:
     req.error = exc
     if req not in done:
         done.append(req)
+
+
+def _stack(rows: list[torch.Tensor]) -> torch.Tensor:
+    """The rows as one [batch, vocab] tensor: on the CPU copied by numpy on this thread (torch's
+    copy of 49k-wide rows waits for its intra-op threads, which stall for ms right after a
+    step while the kernels' threads still hold the cores)."""
+    if rows[0].device.type == "cpu":
+        return torch.from_numpy(np.stack([r.numpy() for r in rows]))
+    return torch.stack(rows)

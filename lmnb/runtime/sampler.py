@@ -9,6 +9,7 @@ the host once, at the end. Knows nothing of requests or the KV pool.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from lmnb.runtime.device import host_to_device
@@ -45,6 +46,37 @@ def sample_on_device(
     is computed only where its request asked for them (`return_logprobs`; else 0): a
     log-softmax over the vocabulary is a good part of a small decode step's sampling."""
     raw = logits
+    if (logits.device.type == "cpu" and banned is None and allowed is None
+            and all(p.greedy for p in params)):
+        out = _greedy_on_host(logits, banned_ids)
+    else:
+        out = _choose(logits, params, generators, banned, allowed, mask_kernels, banned_ids)
+    chosen = torch.zeros(len(params), dtype=torch.float32, device=logits.device)
+    want = [i for i, p in enumerate(params) if p.return_logprobs]
+    if want:
+        rows = raw[want] if len(want) < len(params) else raw
+        picked = out[want] if len(want) < len(params) else out
+        chosen[want] = torch.log_softmax(rows.float(), dim=-1).gather(1, picked[:, None])[:, 0]
+    return out, chosen
+
+
+def _greedy_on_host(logits: torch.Tensor, banned_ids: list[list[int]] | None) -> torch.Tensor:
+    """argmax of every row, the banned ids at -inf, by numpy on this thread: the same choice as
+    torch's argmax (the first maximum; a NaN counts as the maximum), without waiting for
+    torch's intra-op threads, which stall for ms right after a step on a busy CPU."""
+    x = logits.detach().float().numpy()
+    if banned_ids is not None and any(banned_ids):
+        x = x.copy()
+        for i, ids in enumerate(banned_ids):
+            x[i, ids] = -np.inf
+    return torch.from_numpy(np.argmax(x, axis=1).astype(np.int64))
+
+
+def _choose(logits: torch.Tensor, params: list[SamplingParams],
+            generators: list[torch.Generator | None], banned: torch.Tensor | None,
+            allowed: torch.Tensor | None, mask_kernels: str | None,
+            banned_ids: list[list[int]] | None) -> torch.Tensor:
+    """The tokens, with every mask applied, on the logits' device."""
     if banned_ids is not None and any(banned_ids):  # the same -inf as a mask, on a few logits
         rows = [i for i, ids in enumerate(banned_ids) for _ in ids]
         where = host_to_device(rows + [t for ids in banned_ids for t in ids],
@@ -65,13 +97,7 @@ def sample_on_device(
         for i, p in enumerate(params):
             if not p.greedy:
                 out[i] = _sample_row(logits[i], p, generators[i])
-    chosen = torch.zeros(len(params), dtype=torch.float32, device=logits.device)
-    want = [i for i, p in enumerate(params) if p.return_logprobs]
-    if want:
-        rows = raw[want] if len(want) < len(params) else raw
-        picked = out[want] if len(want) < len(params) else out
-        chosen[want] = torch.log_softmax(rows.float(), dim=-1).gather(1, picked[:, None])[:, 0]
-    return out, chosen
+    return out
 
 
 def _sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None,
