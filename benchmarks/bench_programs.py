@@ -80,6 +80,7 @@ class SystemRun:
     stats: dict[str, float]
     num_errors: int
     outputs: list[str] = field(repr=False)
+    runs_s: list[float] = field(default_factory=list)  # every timed run's seconds (--repeats)
 
     @property
     def programs_per_s(self) -> float:
@@ -272,21 +273,42 @@ def agreement(base: SystemRun, other: SystemRun) -> float:
     return same / max(other.num_programs, 1)
 
 
-def run_workload(workload: wl.Workload, systems: Systems, hf_sample: int) -> WorkloadResult:
+def _fastest(runs: list[SystemRun]) -> SystemRun:
+    """The fastest of a system's runs, with every run's seconds beside it."""
+    best = min(runs, key=lambda r: r.seconds)
+    best.runs_s = [r.seconds for r in runs]
+    return best
+
+
+def run_workload(workload: wl.Workload, systems: Systems, hf_sample: int,
+                 repeats: int = 1) -> WorkloadResult:
     """The workload on lmnb (cache), lmnb (no cache), transformers on a sample, then
-    llama.cpp (every program at once, as lmnb) where it runs; a llama.cpp run whose
+    llama.cpp (every program at once, as lmnb) where it runs; with `repeats` > 1 the systems
+    run in turns that many times (transformers once) and each keeps its fastest run, so a
+    passing spell of other load on the machine weighs less on a ratio. A llama.cpp run whose
     programs all fail is n/a, with the first error."""
     runs: dict[str, SystemRun] = {}
     not_run: dict[str, str] = {}
-    run, records = run_system("lmnb", systems.lmnb, workload, workload.items, "auto")
-    runs["lmnb"] = run
-    runs["lmnb-nocache"] = run_system("lmnb-nocache", systems.nocache, workload,
-                                      workload.items, "auto")[0]
-    if systems.hf is not None:
-        sample = workload.items[: max(1, hf_sample)]
-        runs["transformers"] = run_system("transformers", systems.hf, workload, sample, 1)[0]
-    if systems.llama is not None:
-        llama = run_system(LLAMA, systems.llama, workload, workload.items, "auto")[0]
+    timed: dict[str, list[SystemRun]] = {}
+    records: list = []
+    for turn in range(max(repeats, 1)):
+        run, recs = run_system("lmnb", systems.lmnb, workload, workload.items, "auto")
+        timed.setdefault("lmnb", []).append(run)
+        records = records or recs
+        timed.setdefault("lmnb-nocache", []).append(run_system(
+            "lmnb-nocache", systems.nocache, workload, workload.items, "auto")[0])
+        if systems.hf is not None and turn == 0:
+            sample = workload.items[: max(1, hf_sample)]
+            timed["transformers"] = [run_system("transformers", systems.hf, workload, sample,
+                                                1)[0]]
+        if systems.llama is not None:
+            timed.setdefault(LLAMA, []).append(run_system(LLAMA, systems.llama, workload,
+                                                          workload.items, "auto")[0])
+    for name in ("lmnb", "lmnb-nocache", "transformers"):
+        if name in timed:
+            runs[name] = _fastest(timed[name])
+    if LLAMA in timed:
+        llama = _fastest(timed[LLAMA])
         if llama.num_errors == llama.num_programs:
             first = next(o for o in llama.outputs if o.startswith("error: "))
             not_run[LLAMA] = f"n/a: {first.removeprefix('error: ')[:200]}"
@@ -390,6 +412,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--name", help="results file name (default programs / programs_quick)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="timed runs per system and workload, in turns; the fastest counts "
+                        "(transformers runs once; default 1)")
     p.add_argument("--max-tokens-in-cache", type=int, default=40_000)
     p.add_argument("--results-dir", type=Path, default=None,
                    help="where the JSON and PNG go (default benchmarks/results)")
@@ -412,8 +437,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {}
     try:
         for workload in selected:
-            results.append(run_workload(workload, systems, hf_sample))
-            data = report_data(results, systems, sizes, hf_sample, args.quick)
+            results.append(run_workload(workload, systems, hf_sample, args.repeats))
+            data = report_data(results, systems, sizes, hf_sample, args.quick, args.repeats)
             # partial results survive a crash
             write_json(name, data, target_rows(results), args.results_dir)
     finally:
@@ -423,13 +448,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def report_data(results: list[WorkloadResult], systems: Systems, sizes: wl.Sizes,
-                hf_sample: int, quick: bool) -> dict[str, Any]:
+                hf_sample: int, quick: bool, repeats: int = 1) -> dict[str, Any]:
     machine = machine_info(dtype=systems.dtype, model=systems.lmnb.engine.model_name,
                            engine=systems.lmnb.engine.describe(), llama_cpp=systems.llama_info,
                            **source_state())
     return {
         "benchmark": "programs", "quick": quick, "machine": machine,
-        "sizes": asdict(sizes), "hf_sample": hf_sample,
+        "sizes": asdict(sizes), "hf_sample": hf_sample, "repeats": repeats,
         "definitions": {
             "tokens_per_s": "prompt + output tokens of every request the programs made, "
                             "per second (the same logical work on every system)",
@@ -475,7 +500,10 @@ def report(results: list[WorkloadResult], data: dict[str, Any], name: str,
     machine = data.get("machine", {})
     caption = (f"{machine.get('model', '?')}, {machine.get('dtype', '?')}, "
                f"{machine.get('cpu_model', '?')} ({machine.get('cpu_cores', '?')} cores), load "
-               f"{(machine.get('load_average') or [0.0])[0]:.1f}; transformers timed on "
+               f"{(machine.get('load_average') or [0.0])[0]:.1f}; "
+               + (f"best of {data.get('repeats')} runs per system in turns; "
+                  if (data.get('repeats') or 1) > 1 else "")
+               + f"transformers timed on "
                f"{data.get('hf_sample')} program(s) per workload; "
                f"{machine.get('llama_cpp', {}).get('message', '')}; agree: % of programs "
                f"equal to lmnb's, per other system")

@@ -70,6 +70,18 @@ def test_targets_are_reported(result: dict) -> None:
         assert {(name, "lmnb-nocache"), (name, "transformers"), (name, "optimal")} <= rows
 
 
+def test_repeats_keep_each_systems_fastest_run(tmp_path) -> None:
+    code = cli.main(["bench", "--quick", "--only", "mmlu", "--no-transformers", "--no-llama",
+                     "--repeats", "2", "--name", "rep", "--no-plot", "--results-dir",
+                     str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "rep.json").read_text())
+    assert data["repeats"] == 2
+    for system, run in data["workloads"]["mmlu"]["systems"].items():
+        assert len(run["runs_s"]) == 2, system
+        assert run["seconds"] == min(run["runs_s"]), system
+
+
 def test_unknown_workload_is_refused() -> None:
     with pytest.raises(SystemExit):
         cli.main(["bench", "--only", "nope", "--no-transformers"])
