@@ -43,10 +43,8 @@
 #endif
 
 #define BLOCK 16 /* keys per block, one lane each */
-#ifndef TILE /* (-DTILE=n: for measuring) */
 #define TILE 32 /* consecutive queries of one request computed together (8 -> 32: a long
                  * extend's keys are read and transposed a quarter as often, ~10-15% faster) */
-#endif
 #define AHEAD 3  /* blocks whose k/v rows are prefetched ahead */
 
 static inline float widen(uint16_t h) {
@@ -235,7 +233,7 @@ static inline __m512 exp_poly16(__m512 x) {
 
 /* One block for one query and head, given its scores: the running max (rescaling the sums
  * and the output when it grows), then s becomes the weights exp(s - max), 0 past `valid`.
- * pairs (the pair path): the weights rounded to bf16, also kept as 8 words of two. */
+ * pairs (the pair path): the weights rounded to bf16 go there instead, as 8 words of two. */
 static void update(float *s, int valid, int64_t dim, Running *run, float *acc, uint32_t *pairs) {
 #ifdef __AVX512F__
     if (BLOCK == 16) { /* the same values, without a chain of 16 scalar compares */
@@ -250,12 +248,15 @@ static void update(float *s, int valid, int64_t dim, Running *run, float *acc, u
             sum = _mm512_mul_ps(sum, _mm512_set1_ps(f));
             run->max = top;
         }
-        __m512 w = exp_poly16(_mm512_sub_ps(sv, _mm512_set1_ps(top)));
+        const __m512 w = exp_poly16(_mm512_sub_ps(sv, _mm512_set1_ps(top)));
 #ifdef __AVX512BF16__
-        if (pairs) {
+        if (pairs) { /* the weighted sums read the words; the sum adds the rounded weights */
             const __m256i half = (__m256i)_mm512_cvtneps_pbh(w);
             _mm256_storeu_si256((__m256i *)pairs, half);
-            w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+            const __m512 rounded =
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+            _mm512_storeu_ps(run->sum, _mm512_add_ps(sum, rounded));
+            return;
         }
 #endif
         _mm512_storeu_ps(s, w);
@@ -398,7 +399,7 @@ static void pair_scores(const uint32_t *const *qs, int count, const uint32_t *kt
  * The v pairs come from vt (interleave_value_pairs), or, where vt is NULL, are interleaved
  * here from the rows (v, slots, row, off): the same words. */
 static inline __attribute__((always_inline)) void pair_weighted_chains(
-    int n, float *const *accs, const uint32_t *const *ws, const uint32_t *vt, const uint16_t *v,
+    int n, float *const *accs, const uint32_t *ws, const uint32_t *vt, const uint16_t *v,
     const int64_t *slots, int64_t row, int64_t off) {
     __m512 acc[VPAIRS][4];
     for (int p = 0; p < n; p++)
@@ -416,7 +417,7 @@ static inline __attribute__((always_inline)) void pair_weighted_chains(
             }
         }
         for (int p = 0; p < n; p++) {
-            const __m512bh w = (__m512bh)_mm512_set1_epi32((int)ws[p][m]);
+            const __m512bh w = (__m512bh)_mm512_set1_epi32((int)ws[8 * p + m]);
             for (int j = 0; j < 4; j++) acc[p][j] = _mm512_dpbf16_ps(acc[p][j], w, vm[j]);
         }
     }
@@ -424,8 +425,9 @@ static inline __attribute__((always_inline)) void pair_weighted_chains(
         for (int j = 0; j < 4; j++) _mm512_storeu_ps(accs[p] + 16 * j, acc[p][j]);
 }
 
-/* vt: a buffer for the block's v pairs, made once where more than one pass reads them. */
-static void pair_weighted_sum(float *const *accs, const uint32_t *const *ws, int count,
+/* ws: each pair's 8 weight words in turn; vt: a buffer for the block's v pairs, made once
+ * where more than one pass reads them. */
+static void pair_weighted_sum(float *const *accs, const uint32_t *ws, int count,
                               uint32_t *vt, const uint16_t *v, const int64_t *slots,
                               int64_t row, int64_t off) {
     if (count > VPAIRS)
@@ -435,7 +437,7 @@ static void pair_weighted_sum(float *const *accs, const uint32_t *const *ws, int
     for (int first = 0; first < count; first += VPAIRS) {
         const int n = count - first < VPAIRS ? count - first : VPAIRS;
         float *const *a = accs + first;
-        const uint32_t *const *w = ws + first;
+        const uint32_t *w = ws + 8 * first;
         switch (n) {
         case 4: pair_weighted_chains(4, a, w, vt, v, slots, row, off); break;
         case 3: pair_weighted_chains(3, a, w, vt, v, slots, row, off); break;
@@ -544,15 +546,13 @@ static int tile(const float *q, const void *k, const void *v, int bf16, const in
     uint32_t *wq = pairs_on ? malloc(sizeof(uint32_t) * 8 * (size_t)(count * group)) : NULL;
     uint32_t *vt = pairs_on ? malloc(sizeof(uint32_t) * 8 * 64) : NULL;
     const uint32_t **qws = pairs_on ? malloc(sizeof(uint32_t *) * (size_t)(count * group)) : NULL;
-    const uint32_t **wqs = pairs_on ? malloc(sizeof(uint32_t *) * (size_t)(count * group)) : NULL;
     if (kt == NULL || runs == NULL || s == NULL || qs == NULL || pair_query == NULL
         || accs == NULL || ws == NULL
-        || (pairs_on && (qw == NULL || wq == NULL || vt == NULL || qws == NULL || wqs == NULL))) {
+        || (pairs_on && (qw == NULL || wq == NULL || vt == NULL || qws == NULL))) {
         free(qw);
         free(wq);
         free(vt);
         free((void *)qws);
-        free((void *)wqs);
         free(accs);
         free((void *)ws);
         free(kt);
@@ -608,13 +608,12 @@ static int tile(const float *q, const void *k, const void *v, int bf16, const in
                 const int valid = lens[i] - start < BLOCK ? (int)(lens[i] - start) : BLOCK;
                 accs[p] = out + (i * heads + h) * dim;
                 ws[p] = s[p];
-                if (pairs_on) wqs[p] = wq + 8 * p;
                 update(s[p], valid, dim, &runs[i * heads + h], accs[p],
                        pairs_on ? wq + 8 * p : NULL);
             }
 #ifdef __AVX512BF16__
             if (pairs_on)
-                pair_weighted_sum(accs, wqs, pairs, vt, v, block_slots, row, g * dim);
+                pair_weighted_sum(accs, wq, pairs, vt, v, block_slots, row, g * dim);
             else
 #endif
                 weighted_sum(accs, ws, pairs, v, bf16, block_slots, row, g * dim, dim);
@@ -637,7 +636,6 @@ static int tile(const float *q, const void *k, const void *v, int bf16, const in
     free(wq);
     free(vt);
     free((void *)qws);
-    free((void *)wqs);
     free(kt);
     free(runs);
     free(s);

@@ -39,10 +39,8 @@
 #define MR 6     /* rows a tile covers */
 #define MR_PAIRS 8 /* rows a tile of the quantized pair formats covers */
 #define COL_BLOCK 4 /* panels a work item covers */
-#ifndef ROW_BLOCK /* (-DROW_BLOCK=n: for measuring) */
 #define ROW_BLOCK 96 /* rows a work item covers (a multiple of MR and MR_PAIRS; 48 -> 96: a q4/q8
                       * pair item decodes its panels for twice the rows, ~2-4% faster extends) */
-#endif
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
