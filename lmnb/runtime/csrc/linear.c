@@ -144,15 +144,21 @@ static inline __m512 load_panel(const void *wp, int64_t kk, int bf16) {
     return _mm512_loadu_ps((const float *)wp + kk * PANEL);
 }
 
+/* store() for the 16 columns from col of a row at once (those < n): one masked vector store
+ * rather than 16 scalar ones (the same fp32 add of the bias, the same bits). */
+static inline void store_panel(float *y, int64_t ldy, int64_t row, int64_t col, int64_t n,
+                               __m512 v, const float *bias) {
+    if (col >= n) return;
+    const __mmask16 keep = n - col >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - col)) - 1);
+    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(keep, bias + col));
+    _mm512_mask_storeu_ps(y + row * ldy + col, keep, v);
+}
+
 static inline void store_tile(int rows, int np, __m512 acc[MR][WP], float *y, int64_t ldy,
                               int64_t row0, int64_t col0, int64_t n, const float *bias) {
     for (int i = 0; i < rows; i++)
-        for (int p = 0; p < np; p++) {
-            float out[PANEL];
-            _mm512_storeu_ps(out, acc[i][p]);
-            for (int j = 0; j < PANEL; j++)
-                store(y, ldy, row0 + i, col0 + p * PANEL + j, n, out[j], bias);
-        }
+        for (int p = 0; p < np; p++)
+            store_panel(y, ldy, row0 + i, col0 + p * PANEL, n, acc[i][p], bias);
 }
 
 /* rows x (np panels) of y; acc[i][p] lane j holds the chain of element (i, 16p + j). */
@@ -282,6 +288,19 @@ static void qtile_rows(int rows, int fmt, const float *x, int64_t k, int64_t gro
 /* The same chains with 8-wide vectors: a panel is two halves; tiles of up to 3 rows keep the
  * 12 accumulators in the 16 registers. */
 #define MR2 3
+/* store() for the 8 columns from col of a row: one vector store where all 8 are < n (the same
+ * fp32 add of the bias, the same bits), else column by column. */
+static inline void store8(float *y, int64_t ldy, int64_t row, int64_t col, int64_t n, __m256 v,
+                          const float *bias) {
+    if (col + 8 <= n) {
+        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + col));
+        _mm256_storeu_ps(y + row * ldy + col, v);
+        return;
+    }
+    float out[8];
+    _mm256_storeu_ps(out, v);
+    for (int j = 0; j < 8; j++) store(y, ldy, row, col + j, n, out[j], bias);
+}
 static inline __m256 load_half(const void *wp, int64_t kk, int half, int bf16) {
     if (bf16) {
         __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)wp + kk * PANEL + 8 * half));
@@ -305,12 +324,7 @@ static inline __attribute__((always_inline)) void tile2(
         }
     }
     for (int i = 0; i < rows; i++)
-        for (int p = 0; p < 2 * NP; p++) {
-            float out[8];
-            _mm256_storeu_ps(out, acc[i][p]);
-            for (int j = 0; j < 8; j++)
-                store(y, ldy, row0 + i, col0 + p * 8 + j, n, out[j], bias);
-        }
+        for (int p = 0; p < 2 * NP; p++) store8(y, ldy, row0 + i, col0 + p * 8, n, acc[i][p], bias);
 }
 
 static void tile_rows(int rows, const float *x, int64_t k, const void *const wps[WP], int bf16,
@@ -382,12 +396,7 @@ static inline __attribute__((always_inline)) void qtile2(
         }
     }
     for (int i = 0; i < rows; i++)
-        for (int p = 0; p < 2 * NP; p++) {
-            float out[8];
-            _mm256_storeu_ps(out, acc[i][p]);
-            for (int j = 0; j < 8; j++)
-                store(y, ldy, row0 + i, col0 + p * 8 + j, n, out[j], bias);
-        }
+        for (int p = 0; p < 2 * NP; p++) store8(y, ldy, row0 + i, col0 + p * 8, n, acc[i][p], bias);
 }
 
 static void qtile_rows(int rows, int fmt, const float *x, int64_t k, int64_t group,
@@ -550,8 +559,7 @@ static inline __attribute__((always_inline)) void tile_q_pairs(
     }
     for (int i = 0; i < rows; i++)
         for (int p = 0; p < np; p++)
-            for (int j = 0; j < PANEL; j++)
-                store(y, ldy, row0 + i, col0 + p * PANEL + j, n, acc[i][p][j], bias);
+            store_panel(y, ldy, row0 + i, col0 + p * PANEL, n, _mm512_load_ps(acc[i][p]), bias);
 }
 
 /* rows <= 2: all WP panels at once; up to MR_PAIRS rows: NP panels a pass. */
