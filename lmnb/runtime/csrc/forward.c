@@ -94,9 +94,12 @@ static inline uint16_t to_bf16(float x) {
     return (uint16_t)(bits >> 16);
 }
 
+#define PARALLEL_ELEMS (PARALLEL_ROWS * 1024) /* elementwise ops: one thread below this */
+
 /* rounds x in place where the model is bf16 */
-static void round_all(float *x, int64_t count, int bf16) {
+static void round_all(float *x, int64_t count, int bf16, int num_threads) {
     if (!bf16) return;
+#pragma omp parallel for num_threads(num_threads) if (count >= PARALLEL_ELEMS)
     for (int64_t i = 0; i < count; i++) x[i] = round_bf16(x[i]);
 }
 
@@ -121,11 +124,13 @@ static inline float exp_neg(float x) {
     return x < -87.0f ? 0.0f : p * two_k;
 }
 
-/* x / (1 + exp(-x)), from an exp of a non-positive argument on both sides of 0 */
+/* x / (1 + exp(-x)), from an exp of a non-positive argument on both sides of 0: x / (1 + e)
+ * with e = exp(-x) for x >= 0, x e / (1 + e) with e = exp(x) below. Written with selects, not
+ * branches, so that the loops calling it vectorise (the same operations either way). */
 static inline float silu(float x) {
-    if (x >= 0.0f) return x / (1.0f + exp_neg(-x));
-    const float e = exp_neg(x);
-    return x * e / (1.0f + e);
+    const int pos = x >= 0.0f;
+    const float e = exp_neg(pos ? -x : x);
+    return (pos ? x : x * e) / (1.0f + e);
 }
 
 static double now(void) {
@@ -208,7 +213,8 @@ static void rope_and_store(const LmnbModel *m, const LmnbStep *s, int64_t layer,
 }
 
 /* h += y, each sum rounded for bf16 (y already rounded) */
-static void residual(float *h, const float *y, int64_t count, int bf16) {
+static void residual(float *h, const float *y, int64_t count, int bf16, int num_threads) {
+#pragma omp parallel for num_threads(num_threads) if (count >= PARALLEL_ELEMS)
     for (int64_t i = 0; i < count; i++) h[i] = bf16 ? round_bf16(h[i] + y[i]) : h[i] + y[i];
 }
 
@@ -254,9 +260,8 @@ static Buffers carve(const LmnbModel *m, int64_t n, float *work) {
 static int linear(const LmnbWeight *w, const float *x, int64_t n, float *y, int bf16,
                   int num_threads, double *profile) {
     const double start = now();
-    const int failed = lmnb_linear_w(w, x, n, y, num_threads);
+    const int failed = lmnb_linear_w_round(w, x, n, y, num_threads, bf16);
     if (profile) profile[T_LINEAR] += now() - start;
-    round_all(y, n * w->n, bf16);
     return failed;
 }
 
@@ -277,14 +282,14 @@ static int layer(const LmnbModel *m, const LmnbStep *s, int64_t i, const Buffers
                              s->table, s->table_stride, s->rows, s->lens, n, m->heads,
                              m->kv_heads, m->head_dim, m->scale, b->att, num_threads);
     if (prof) prof[T_ATTENTION] += now() - start;
-    round_all(b->att, n * q_size, m->bf16);
+    round_all(b->att, n * q_size, m->bf16, num_threads);
     failed |= linear(&L->o, b->att, n, b->x, m->bf16, num_threads, prof);
-    residual(b->h, b->x, n * hidden, m->bf16);
+    residual(b->h, b->x, n * hidden, m->bf16, num_threads);
     rms_norm(b->h, L->post_norm, m, n, b->x, num_threads);
     failed |= linear(&L->gate_up, b->x, n, b->gate_up, m->bf16, num_threads, prof);
     swiglu(m, n, b->gate_up, b->act, num_threads);
     failed |= linear(&L->down, b->act, n, b->x, m->bf16, num_threads, prof);
-    residual(b->h, b->x, n * hidden, m->bf16);
+    residual(b->h, b->x, n * hidden, m->bf16, num_threads);
     return failed;
 }
 

@@ -709,13 +709,24 @@ static int decode_once(TileFn fn, int mode, int mr, int64_t rows, int64_t k,
 #endif
 }
 
+/* x[0 .. count-1] rounded to bf16 in place (nearest even, as torch rounds). */
+static void round_span(float *x, int64_t count) {
+    for (int64_t i = 0; i < count; i++) {
+        uint32_t bits;
+        memcpy(&bits, &x[i], sizeof bits);
+        bits += 0x7FFF + ((bits >> 16) & 1);
+        bits &= 0xFFFF0000u;
+        memcpy(&x[i], &bits, sizeof bits);
+    }
+}
+
 /* Every tile of y [m, n], work items of ROW_BLOCK rows x COL_BLOCK panels over the threads,
  * handed out one at a time (a thread that another process slows down takes fewer items, rather
  * than every thread waiting for its fixed share; which thread computes an element never
  * changes its bits). x_row: the bytes of one row of x. */
 static void all_tiles(TileFn fn, int mode, int mr, const void *x, int64_t x_row, int64_t m,
                       int64_t k, Panels w, int64_t n, const float *bias, float *y,
-                      int num_threads) {
+                      int num_threads, int round) {
     const int64_t panels = (n + PANEL - 1) / PANEL;
     const int64_t col_blocks = (panels + COL_BLOCK - 1) / COL_BLOCK;
     const int64_t row_blocks = (m + ROW_BLOCK - 1) / ROW_BLOCK;
@@ -739,6 +750,10 @@ static void all_tiles(TileFn fn, int mode, int mr, const void *x, int64_t x_row,
                        r, p * PANEL, n, bias);
                 }
             }
+            if (round)
+                for (int64_t r = rb * ROW_BLOCK; r < r_end; r++)
+                    round_span(y + r * n + cb * COL_BLOCK * PANEL,
+                               (p_end < panels ? p_end * PANEL : n) - cb * COL_BLOCK * PANEL);
         }
     }
 }
@@ -747,24 +762,36 @@ static Panels dense_panels(const void *packed, int64_t k, int elem_bytes) {
     return (Panels){packed, k * PANEL * elem_bytes, NULL, 0, k};
 }
 
-/* y [m, n] = x [m, k] (bf16) @ w.T (+ bias), w packed by lmnb_pack_pairs; 1 if unsupported. */
-int lmnb_linear_pairs(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed,
-                      int64_t n, const float *bias, float *y, int num_threads) {
+/* y [m, n] = x [m, k] (bf16) @ w.T (+ bias), w packed by lmnb_pack_pairs, y rounded to bf16
+ * where round is set; 1 if unsupported. */
+static int linear_pairs(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed,
+                        int64_t n, const float *bias, float *y, int num_threads, int round) {
 #ifdef __AVX512BF16__
     all_tiles(pair_tiles, 1, MR, x, 2 * k, m, k, dense_panels(packed, k, 2), n, bias, y,
-              num_threads);
+              num_threads, round);
     return 0;
 #else
     (void)x; (void)m; (void)k; (void)packed; (void)n; (void)bias; (void)y; (void)num_threads;
+    (void)round;
     return 1;
 #endif
 }
 
-/* y [m, n] = x [m, k] @ w.T (+ bias), w packed by lmnb_pack_weight. */
+int lmnb_linear_pairs(const uint16_t *x, int64_t m, int64_t k, const uint16_t *packed,
+                      int64_t n, const float *bias, float *y, int num_threads) {
+    return linear_pairs(x, m, k, packed, n, bias, y, num_threads, 0);
+}
+
+/* y [m, n] = x [m, k] @ w.T (+ bias), w packed by lmnb_pack_weight (y rounded: as above). */
+static void linear(const float *x, int64_t m, int64_t k, const void *packed, int bf16,
+                   int64_t n, const float *bias, float *y, int num_threads, int round) {
+    all_tiles(chain_tiles, bf16, MR, x, 4 * k, m, k, dense_panels(packed, k, bf16 ? 2 : 4), n,
+              bias, y, num_threads, round);
+}
+
 void lmnb_linear(const float *x, int64_t m, int64_t k, const void *packed, int bf16, int64_t n,
                  const float *bias, float *y, int num_threads) {
-    all_tiles(chain_tiles, bf16, MR, x, 4 * k, m, k, dense_panels(packed, k, bf16 ? 2 : 4), n,
-              bias, y, num_threads);
+    linear(x, m, k, packed, bf16, n, bias, y, num_threads, 0);
 }
 
 /* Reference: the same chain element by element, no tiles (for tests). */
@@ -944,12 +971,17 @@ int lmnb_linear_w_reference(const LmnbWeight *w, const float *x, int64_t m, floa
 
 /* One entry point for every weight format (linear.h). */
 int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int num_threads) {
+    return lmnb_linear_w_round(w, x, m, y, num_threads, 0);
+}
+
+int lmnb_linear_w_round(const LmnbWeight *w, const float *x, int64_t m, float *y,
+                        int num_threads, int round) {
     if (!fits(w)) return 1;
     switch (w->format) {
     case LMNB_W_F32:
     case LMNB_W_BF16:
-        lmnb_linear(x, m, w->k, w->data, w->format == LMNB_W_BF16, w->n, w->bias, y,
-                    num_threads);
+        linear(x, m, w->k, w->data, w->format == LMNB_W_BF16, w->n, w->bias, y, num_threads,
+               round);
         return 0;
     case LMNB_W_BF16_PAIRS: {
         if (!lmnb_has_pairs() || w->k % 2) return 1;
@@ -962,7 +994,8 @@ int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int 
             bits += 0x7FFF + ((bits >> 16) & 1);
             xb[i] = (uint16_t)(bits >> 16);
         }
-        const int failed = lmnb_linear_pairs(xb, m, w->k, w->data, w->n, w->bias, y, num_threads);
+        const int failed = linear_pairs(xb, m, w->k, w->data, w->n, w->bias, y, num_threads,
+                                        round);
         free(xb);
         return failed;
     }
@@ -972,7 +1005,7 @@ int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int 
         uint8_t *rows = pair_rows(x, m, w->k, num_threads);
         if (!rows) return 1;
         all_tiles(q_pair_tiles, w->format, MR_PAIRS, rows, 2 * w->k + w->k / GROUP * 4, m, w->k,
-                  quant_panels(w), w->n, w->bias, y, num_threads);
+                  quant_panels(w), w->n, w->bias, y, num_threads, round);
         free(rows);
         return 0;
 #else
@@ -981,7 +1014,7 @@ int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int 
     }
     default:
         all_tiles(quant_tiles, w->format, MR, x, 4 * w->k, m, w->k, quant_panels(w), w->n,
-                  w->bias, y, num_threads);
+                  w->bias, y, num_threads, round);
         return 0;
     }
 }

@@ -41,4 +41,9 @@ typedef struct LmnbWeight {
  * the format (or k does not suit it: Q4 and Q8 need k % 32 == 0, pairs an even k). */
 int lmnb_linear_w(const LmnbWeight *w, const float *x, int64_t m, float *y, int num_threads);
 
+/* lmnb_linear_w, each element of y then rounded to bf16 (nearest even) where round_bf16 is
+ * set: by the thread that computed it, while it is in cache (a bf16 model's products). */
+int lmnb_linear_w_round(const LmnbWeight *w, const float *x, int64_t m, float *y,
+                        int num_threads, int round_bf16);
+
 #endif
