@@ -96,6 +96,9 @@ class NativeKernels:
         self._linear_w = lin.lmnb_linear_w
         self._linear_w.argtypes = [weight_p, ptr, i64, ptr, cint]
         self._linear_w.restype = cint
+        self._linear_w_round = lin.lmnb_linear_w_round  # what the forward calls (bf16 models)
+        self._linear_w_round.argtypes = [weight_p, ptr, i64, ptr, cint, cint]
+        self._linear_w_round.restype = cint
         self._reference_w = lin.lmnb_linear_w_reference
         self._reference_w.argtypes = [weight_p, ptr, i64, ptr]
         self._reference_w.restype = cint

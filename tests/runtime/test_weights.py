@@ -9,6 +9,7 @@ bits as the fp32 model), int8 stays within its rounding bound, and bad choices s
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 
@@ -106,6 +107,30 @@ def test_pair_formats_take_bf16_activations_and_are_batch_invariant(kernels, kin
         for start in range(0, len(x) - rows + 1, 19):
             assert torch.equal(kernels.linear(x[start : start + rows], packed),
                                full[start : start + rows]), (rows, start)
+
+
+@pytest.mark.parametrize("fmt", ["Q4_1", "Q8_0", "int8", "bf16", "fp32"])
+def test_products_round_to_bf16_inside_as_after(kernels, fmt) -> None:
+    """What the forward of a bf16 model calls: the product with its outputs rounded to bf16 by
+    the work items (lmnb_linear_w_round) equals the product rounded afterwards, bit for bit,
+    with a bias and a last panel cut short (200 outputs), over row counts around the tiles."""
+    gen = torch.Generator().manual_seed(12)
+    weight, bias = torch.randn(200, 576, generator=gen), torch.randn(200, generator=gen)
+    if fmt in ("bf16", "fp32"):
+        packs = [kernels.pack(weight, bias, torch.bfloat16 if fmt == "bf16" else torch.float32)]
+    elif fmt == "int8":
+        packs = [_packed(kernels, fmt, weight, bias)[0]]
+    else:
+        b = _blocks(fmt, weight)
+        packs = [kernels.pack_gguf(fmt, b.raw, *b.shape, bias, pairs=p) for p in (False, True)]
+    for packed in packs:
+        for rows in (1, 3, 8, 9, 97, 130):
+            x = torch.randn(rows, 576, generator=gen).bfloat16().float()
+            want = kernels.linear(x, packed).bfloat16().float()
+            got = torch.empty(rows, 200)
+            assert kernels._linear_w_round(ctypes.byref(packed.descriptor()), x.data_ptr(), rows,
+                                           got.data_ptr(), torch.get_num_threads(), 1) == 0
+            assert torch.equal(got, want), (packed.format_name, rows)
 
 
 def test_int8_stays_within_its_rounding_bound() -> None:
