@@ -149,7 +149,8 @@ static inline __m512 load_panel(const void *wp, int64_t kk, int bf16) {
 static inline void store_panel(float *y, int64_t ldy, int64_t row, int64_t col, int64_t n,
                                __m512 v, const float *bias) {
     if (col >= n) return;
-    const __mmask16 keep = n - col >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - col)) - 1);
+    const __mmask16 keep =
+        n - col >= PANEL ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - col)) - 1);
     if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(keep, bias + col));
     _mm512_mask_storeu_ps(y + row * ldy + col, keep, v);
 }
@@ -301,6 +302,7 @@ static inline void store8(float *y, int64_t ldy, int64_t row, int64_t col, int64
     _mm256_storeu_ps(out, v);
     for (int j = 0; j < 8; j++) store(y, ldy, row, col + j, n, out[j], bias);
 }
+
 static inline __m256 load_half(const void *wp, int64_t kk, int half, int bf16) {
     if (bf16) {
         __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)wp + kk * PANEL + 8 * half));
@@ -324,7 +326,8 @@ static inline __attribute__((always_inline)) void tile2(
         }
     }
     for (int i = 0; i < rows; i++)
-        for (int p = 0; p < 2 * NP; p++) store8(y, ldy, row0 + i, col0 + p * 8, n, acc[i][p], bias);
+        for (int p = 0; p < 2 * NP; p++)
+            store8(y, ldy, row0 + i, col0 + p * 8, n, acc[i][p], bias);
 }
 
 static void tile_rows(int rows, const float *x, int64_t k, const void *const wps[WP], int bf16,
@@ -396,7 +399,8 @@ static inline __attribute__((always_inline)) void qtile2(
         }
     }
     for (int i = 0; i < rows; i++)
-        for (int p = 0; p < 2 * NP; p++) store8(y, ldy, row0 + i, col0 + p * 8, n, acc[i][p], bias);
+        for (int p = 0; p < 2 * NP; p++)
+            store8(y, ldy, row0 + i, col0 + p * 8, n, acc[i][p], bias);
 }
 
 static void qtile_rows(int rows, int fmt, const float *x, int64_t k, int64_t group,
