@@ -28,8 +28,7 @@ import random
 import statistics
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,19 +73,6 @@ def base_sources(rev: str, into: Path) -> list[str]:
         for name in shims:
             out.write(SHIMS[name])
     return shims
-
-
-@contextmanager
-def kernels_from(folder: Path) -> Iterator[None]:
-    """Engines made inside load the kernels built from `folder` (then the tree's again)."""
-    saved = cpu_kernels.CSRC
-    cpu_kernels.CSRC = folder
-    cpu_kernels._status, cpu_kernels._kernels = None, None  # noqa: SLF001 - rebuilt from folder
-    try:
-        yield
-    finally:
-        cpu_kernels.CSRC = saved
-        cpu_kernels._status, cpu_kernels._kernels = None, None  # noqa: SLF001
 
 
 def generate_fn(engine: Engine, prompts: list[list[int]], new: int) -> Callable[[], Any]:
@@ -138,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         shims = base_sources(rev, Path(tmp))
         engines = {"B": Engine(disable_radix_cache=cache)}
-        with kernels_from(Path(tmp)):
+        with cpu_kernels.sources(Path(tmp)):
             engines["A"] = Engine(disable_radix_cache=cache)
     try:
         fns = {name: make_fn(args, e) for name, e in sorted(engines.items())}

@@ -5,8 +5,9 @@ Owns building the kernels (the system's C compiler, `-O3 -march=native -fopenmp
 takes a few seconds), loading them and checking them on probes; the torch-facing calls are
 `native_ops.NativeKernels` (products, attention) and `native_forward.ForwardModel` (a step).
 Where there is no compiler, a build or a probe fails, or `LMNB_NO_KERNELS=1`, `load()` is
-None and callers keep their torch path; `status()` says which and why. Knows nothing of the
-model, the scheduler or the radix tree.
+None and callers keep their torch path; `status()` says which and why; `disabled()` and
+`sources(folder)` (another commit's csrc, for the kernels A/B) change what `load()` gives
+inside a block. Knows nothing of the model, the scheduler or the radix tree.
 
 Kernels (all batch-invariant: a row's or a query's bits never depend on the rest of the batch):
 - `linear`: y = x @ w.T (+ b) over weights packed once in panels, in one of the formats of
@@ -78,6 +79,21 @@ def disabled() -> Iterator[None]:
         yield
     finally:
         _disabled = saved
+
+
+@contextlib.contextmanager
+def sources(folder: Path) -> Iterator[None]:
+    """`load()` builds from `folder`'s csrc files inside the block (another commit's kernels,
+    for `benchmarks/ab_kernels.py`), and returns the package's kernels again after it."""
+    global CSRC, _kernels, _status
+    with _lock:
+        saved = CSRC, _kernels, _status
+        CSRC, _kernels, _status = folder, None, None
+    try:
+        yield
+    finally:
+        with _lock:
+            CSRC, _kernels, _status = saved
 
 
 def _load() -> None:

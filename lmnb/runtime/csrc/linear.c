@@ -49,6 +49,14 @@ static inline float bf16_to_f32(uint16_t h) {
     return f;
 }
 
+/* x rounded to bf16, nearest even (as torch rounds) */
+static inline uint16_t f32_to_bf16(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    bits += 0x7FFF + ((bits >> 16) & 1);
+    return (uint16_t)(bits >> 16);
+}
+
 #define GROUP 32 /* k a quantized span covers: the GGUF's block (Q4 and Q8 scales: one a group) */
 
 /* IEEE half -> float, exactly (every half is a float). */
@@ -101,10 +109,7 @@ void lmnb_pack_weight(const float *w, int64_t n, int64_t k, void *dst, int elem_
                 if (elem_bytes == 4) {
                     ((float *)dst)[at] = val;
                 } else {
-                    uint32_t bits;
-                    memcpy(&bits, &val, sizeof bits);
-                    bits += 0x7FFF + ((bits >> 16) & 1); /* round to nearest even */
-                    ((uint16_t *)dst)[at] = (uint16_t)(bits >> 16);
+                    ((uint16_t *)dst)[at] = f32_to_bf16(val);
                 }
             }
         }
@@ -642,10 +647,7 @@ void lmnb_pack_pairs(const float *w, int64_t n, int64_t k, uint16_t *dst) {
             for (int64_t j = 0; j < PANEL; j++) {
                 const int64_t col = p * PANEL + j;
                 const float val = col < n ? w[col * k + kk] : 0.0f;
-                uint32_t bits;
-                memcpy(&bits, &val, sizeof bits);
-                bits += 0x7FFF + ((bits >> 16) & 1); /* round to nearest even */
-                dst[((p * (k / 2) + kk / 2) * PANEL + j) * 2 + kk % 2] = (uint16_t)(bits >> 16);
+                dst[((p * (k / 2) + kk / 2) * PANEL + j) * 2 + kk % 2] = f32_to_bf16(val);
             }
 }
 
@@ -713,15 +715,9 @@ static int decode_once(TileFn fn, int mode, int mr, int64_t rows, int64_t k,
 #endif
 }
 
-/* x[0 .. count-1] rounded to bf16 in place (nearest even, as torch rounds). */
+/* x[0 .. count-1] rounded to bf16 in place. */
 static void round_span(float *x, int64_t count) {
-    for (int64_t i = 0; i < count; i++) {
-        uint32_t bits;
-        memcpy(&bits, &x[i], sizeof bits);
-        bits += 0x7FFF + ((bits >> 16) & 1);
-        bits &= 0xFFFF0000u;
-        memcpy(&x[i], &bits, sizeof bits);
-    }
+    for (int64_t i = 0; i < count; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
 }
 
 /* Every tile of y [m, n], work items of ROW_BLOCK rows x COL_BLOCK panels over the threads,
@@ -910,12 +906,7 @@ static uint8_t *pair_rows(const float *x, int64_t m, int64_t k, int num_threads)
     for (int64_t r = 0; r < m; r++) {
         uint16_t *xb = (uint16_t *)(rows + r * stride);
         float *sums = (float *)(rows + r * stride + 2 * k);
-        for (int64_t kk = 0; kk < k; kk++) {
-            uint32_t bits;
-            memcpy(&bits, &x[r * k + kk], sizeof bits);
-            bits += 0x7FFF + ((bits >> 16) & 1);
-            xb[kk] = (uint16_t)(bits >> 16);
-        }
+        for (int64_t kk = 0; kk < k; kk++) xb[kk] = f32_to_bf16(x[r * k + kk]);
         /* each group's sum in k order from 0; the groups' chains interleaved (one chain alone
          * waits on each add's latency) */
         for (int64_t g = 0; g < k / GROUP; g++) sums[g] = 0.0f;
@@ -992,12 +983,7 @@ int lmnb_linear_w_round(const LmnbWeight *w, const float *x, int64_t m, float *y
         uint16_t *xb = malloc((size_t)(m * w->k) * sizeof *xb);
         if (!xb) return 1;
 #pragma omp parallel for num_threads(num_threads) if (m >= 16)
-        for (int64_t i = 0; i < m * w->k; i++) { /* round to nearest even, as torch does */
-            uint32_t bits;
-            memcpy(&bits, &x[i], sizeof bits);
-            bits += 0x7FFF + ((bits >> 16) & 1);
-            xb[i] = (uint16_t)(bits >> 16);
-        }
+        for (int64_t i = 0; i < m * w->k; i++) xb[i] = f32_to_bf16(x[i]);
         const int failed = linear_pairs(xb, m, w->k, w->data, w->n, w->bias, y, num_threads,
                                         round);
         free(xb);
