@@ -17,12 +17,12 @@ i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 
 
 # the weight formats of csrc/linear.h (LMNB_W_*)
-W_F32, W_BF16, W_BF16_PAIRS, W_Q4, W_INT8, W_Q8, W_Q4_PAIRS, W_Q8_PAIRS = range(8)
+W_F32, W_BF16, W_BF16_PAIRS, W_Q4, W_INT8, W_Q8, W_Q4_PAIRS, W_Q8_PAIRS, W_Q4_Q8 = range(9)
 FORMAT_NAMES = {W_F32: "fp32", W_BF16: "bf16", W_BF16_PAIRS: "bf16 pairs", W_Q4: "q4 (Q4_1)",
                 W_INT8: "int8", W_Q8: "q8 (Q8_0)", W_Q4_PAIRS: "q4 (Q4_1) pairs",
-                W_Q8_PAIRS: "q8 (Q8_0) pairs"}
+                W_Q8_PAIRS: "q8 (Q8_0) pairs", W_Q4_Q8: "q4 (Q4_1) x int8 activations"}
 PAIR_FORMATS = (W_BF16_PAIRS, W_Q4_PAIRS, W_Q8_PAIRS)  # x rounded to bf16, bf16 dot products
-QUANT_FORMATS = (W_Q4, W_INT8, W_Q8, W_Q4_PAIRS, W_Q8_PAIRS)  # lmnb_linear_w's
+QUANT_FORMATS = (W_Q4, W_INT8, W_Q8, W_Q4_PAIRS, W_Q8_PAIRS, W_Q4_Q8)  # lmnb_linear_w's
 GGUF_BLOCKS = {"Q4_1": (W_Q4, 20), "Q8_0": (W_Q8, 34)}  # GGUF type -> (format, bytes a block)
 GROUP = 32  # k per block of the GGUF's Q4_1 and Q8_0
 
@@ -92,6 +92,9 @@ class NativeKernels:
         # bf16 weights multiply bf16 activations with the CPU's bf16 dot product where it has
         # one (avx512_bf16); elsewhere they are widened to fp32 chains
         self.bf16_pairs = bool(lin.lmnb_has_pairs())
+        # Q4 weights times int8 activations on the CPU's integer dot product (avx512_vnni and
+        # avx512_vbmi); elsewhere the same bits from scalar code
+        self.q8_dot = bool(lin.lmnb_has_q8_dot())
         weight_p = ctypes.POINTER(LmnbWeight)
         self._linear_w = lin.lmnb_linear_w
         self._linear_w.argtypes = [weight_p, ptr, i64, ptr, cint]
@@ -141,11 +144,14 @@ class NativeKernels:
         return PackedWeight(data, out_f, in_f, bias)
 
     def pack_gguf(self, kind: str, raw: torch.Tensor, out_features: int, in_features: int,
-                  bias: torch.Tensor | None = None, pairs: bool = False) -> PackedWeight:
+                  bias: torch.Tensor | None = None, pairs: bool = False,
+                  int8_activations: bool = False) -> PackedWeight:
         """A GGUF tensor's blocks as the file stores them (`kind` Q4_1 or Q8_0; raw: uint8
         [out, in / 32 * block bytes]) -> LMNB_W_Q4 or LMNB_W_Q8 panels, the file's values.
         pairs: multiply x rounded to bf16 on the CPU's bf16 dot product where it has one
-        (LMNB_W_Q4_PAIRS, LMNB_W_Q8_PAIRS: for bf16 activations)."""
+        (LMNB_W_Q4_PAIRS, LMNB_W_Q8_PAIRS: for bf16 activations). int8_activations: Q4_1
+        blocks multiply x quantized to int8 per 32 (LMNB_W_Q4_Q8, on every CPU; Q8_0 blocks
+        take `pairs` as above)."""
         if kind not in GGUF_BLOCKS:
             raise ValueError(f"no native format for GGUF {kind} blocks; have {sorted(GGUF_BLOCKS)}")
         fmt, block = GGUF_BLOCKS[kind]
@@ -162,7 +168,9 @@ class NativeKernels:
             scales = torch.empty(panels * in_features // GROUP * PANEL, dtype=torch.float32)
         self._pack_gguf[fmt](raw.data_ptr(), out_features, in_features, data.data_ptr(),
                              scales.data_ptr())
-        if pairs and self.bf16_pairs:
+        if int8_activations and fmt == W_Q4:
+            fmt = W_Q4_Q8
+        elif pairs and self.bf16_pairs:
             fmt = W_Q4_PAIRS if fmt == W_Q4 else W_Q8_PAIRS
         return PackedWeight(data, out_features, in_features, bias, fmt=fmt, scales=scales)
 

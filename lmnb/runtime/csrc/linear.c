@@ -86,7 +86,8 @@ static inline float half_to_f32(uint16_t h) {
  * by. wp, sp: the panel's integers and scales; group: k per scale (Q8: 32, INT8: k). */
 static inline float q_weight(int fmt, const void *wp, const void *sp, int64_t group, int64_t kk,
                              int j) {
-    if (fmt == LMNB_W_Q4 || fmt == LMNB_W_Q4_PAIRS) { /* [k/2][16]: low nibble k even */
+    if (fmt == LMNB_W_Q4 || fmt == LMNB_W_Q4_PAIRS || fmt == LMNB_W_Q4_Q8) {
+        /* [k/2][16]: low nibble k even */
         const uint8_t b = ((const uint8_t *)wp)[(kk / 2) * PANEL + j];
         const float q = (float)(kk % 2 ? b >> 4 : b & 0xF);
         const uint16_t *s = (const uint16_t *)sp + (kk / GROUP) * 2 * PANEL; /* d[16], m[16] */
@@ -615,6 +616,9 @@ static void decode_pairs(int fmt, const void *wp, int64_t k, uint32_t *out) {
         _mm512_store_si512(out + kk / 2 * PANEL, (__m512i)q_pair(fmt, wp, kk));
 }
 
+#endif
+
+#ifdef __AVX512F__
 /* This thread's buffer of decoded panels, grown to the largest asked for (kept: a work item
  * a step needs it again). NULL without memory. */
 static uint32_t *decoded_buffer(size_t words) {
@@ -628,6 +632,260 @@ static uint32_t *decoded_buffer(size_t words) {
     return buf;
 }
 #endif
+
+/* ---- int8 activations: LMNB_W_Q4_Q8 ------------------------------------------------------
+ * The Q4 panels as they are, times x quantized to int8 per group of 32 k, with integer dot
+ * products. A row of x becomes Q8_ROW(k) bytes: per group its 32 qx in the order the panels'
+ * bytes give them (per 8 k: the 4 even k, then the 4 odd ones, since a panel byte holds k and
+ * k + 1 in its two nibbles), then after all groups' qx, per group dx and sx (fp32):
+ *     amax = max |x| over the group, dx = amax / 127, qx = rint(x * (127 / amax)) (nearest
+ *     even; 0 where amax is 0), sx = dx * sum(qx).
+ * An element then takes, per group g in order from acc = 0:
+ *     dot = sum of q * qx over the group (an exact integer),
+ *     acc = fma(m, sx, acc), acc = fma(d * dx, dot, acc),
+ * the value of the fp32 weights' product with x rounded to dx * qx. The integer sum has one
+ * value whatever the order it is added in, and the fp32 steps are the same in the scalar and
+ * the vector code, so every CPU and build gives the same bits (the vector path needs
+ * avx512_vnni and avx512_vbmi; elsewhere the scalar code runs, slower). */
+#define Q8_ROW(k) ((k) + (k) / GROUP * 8) /* bytes of a quantized row of x */
+#define DECODED_Q8 0x200 /* tile_q8's mode flag: panels decoded beforehand (decode_q8) */
+
+/* position t (0..31) of a group's stored qx -> its k within the group */
+static inline int q8_k_of(int t) {
+    const int r = t % 8;
+    return t - r + (r < 4 ? 2 * r : 2 * (r - 4) + 1);
+}
+
+/* One row: the reference the vector quantizer reproduces bit for bit. */
+static void q8_row_scalar(const float *x, int64_t k, uint8_t *out) {
+    int8_t *q = (int8_t *)out;
+    float *s = (float *)(out + k);
+    for (int64_t g = 0; g < k / GROUP; g++) {
+        const float *xg = x + g * GROUP;
+        float amax = 0.0f;
+        for (int t = 0; t < GROUP; t++) {
+            const float a = fabsf(xg[t]);
+            amax = a > amax ? a : amax; /* a NaN is skipped, as the vector max does */
+        }
+        const float dx = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int32_t sum = 0;
+        for (int t = 0; t < GROUP; t++) {
+            const int8_t v = (int8_t)lrintf(xg[q8_k_of(t)] * id);
+            q[g * GROUP + t] = v;
+            sum += v;
+        }
+        s[2 * g] = dx;
+        s[2 * g + 1] = dx * (float)sum;
+    }
+}
+
+#ifdef __AVX512F__
+static void q8_row(const float *x, int64_t k, uint8_t *out) {
+    /* within each 8: the even k, then the odd ones (q8_k_of) */
+    const __m512i order = _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+    int8_t *q = (int8_t *)out;
+    float *s = (float *)(out + k);
+    for (int64_t g = 0; g < k / GROUP; g++) {
+        const __m512 a = _mm512_loadu_ps(x + g * GROUP), b = _mm512_loadu_ps(x + g * GROUP + 16);
+        /* max(v, m) returns m where v is NaN: NaNs skipped, as in q8_row_scalar */
+        const __m512 mx = _mm512_max_ps(_mm512_abs_ps(b),
+                                        _mm512_max_ps(_mm512_abs_ps(a), _mm512_setzero_ps()));
+        const float amax = _mm512_reduce_max_ps(mx);
+        const float dx = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        const __m512 idv = _mm512_set1_ps(id);
+        const __m128i qa = _mm512_cvtepi32_epi8(
+            _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutexvar_ps(order, a), idv)));
+        const __m128i qb = _mm512_cvtepi32_epi8(
+            _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutexvar_ps(order, b), idv)));
+        _mm_storeu_si128((__m128i *)(q + g * GROUP), qa);
+        _mm_storeu_si128((__m128i *)(q + g * GROUP + 16), qb);
+        const int32_t sum = _mm512_reduce_add_epi32(
+            _mm512_add_epi32(_mm512_cvtepi8_epi32(qa), _mm512_cvtepi8_epi32(qb)));
+        s[2 * g] = dx;
+        s[2 * g + 1] = dx * (float)sum;
+    }
+}
+#else
+#define q8_row q8_row_scalar
+#endif
+
+/* x [m, k] fp32 -> m quantized rows of Q8_ROW(k) bytes. NULL without memory. */
+static uint8_t *q8_rows(const float *x, int64_t m, int64_t k, int num_threads) {
+    uint8_t *rows = malloc((size_t)(m * Q8_ROW(k)));
+    if (!rows) return NULL;
+#pragma omp parallel for num_threads(num_threads) if (m >= 16)
+    for (int64_t r = 0; r < m; r++) q8_row(x + r * k, k, rows + r * Q8_ROW(k));
+    return rows;
+}
+
+/* One element: a quantized row of x against column j of a Q4 panel (the reference, and the
+ * path of builds without the vector one). */
+static float q8_element(const uint8_t *xr, const void *wp, const void *sp, int64_t k, int j) {
+    const int8_t *qx = (const int8_t *)xr;
+    const float *s = (const float *)(xr + k);
+    float acc = 0.0f;
+    for (int64_t g = 0; g < k / GROUP; g++) {
+        int32_t dot = 0;
+        for (int t = 0; t < GROUP; t++) {
+            const int64_t kk = g * GROUP + q8_k_of(t);
+            const uint8_t b = ((const uint8_t *)wp)[(kk / 2) * PANEL + j];
+            dot += (kk % 2 ? b >> 4 : b & 0xF) * qx[g * GROUP + t];
+        }
+        const uint16_t *sc = (const uint16_t *)sp + g * 2 * PANEL;
+        acc = fmaf(half_to_f32(sc[PANEL + j]), s[2 * g + 1], acc);
+        acc = fmaf(half_to_f32(sc[j]) * s[2 * g], (float)dot, acc);
+    }
+    return acc;
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
+#define HAVE_Q8_DOT 1
+/* The 8 k from 8s of a Q4 panel as two vectors of unsigned bytes, lane j holding column j's:
+ * lo = q at k = 8s, 8s+2, 8s+4, 8s+6, hi = at the odd k (the order of a quantized row). The
+ * 64 panel bytes of those k (rows 4s .. 4s+3 of 16 bytes) gathered by column with one vpermb. */
+static inline __attribute__((always_inline)) void q4_lanes(const void *wp, int64_t s,
+                                                           __m512i *lo, __m512i *hi) {
+    /* lane j: bytes j, 16 + j, 32 + j, 48 + j */
+    const __m512i idx = _mm512_add_epi32(
+        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           _mm512_set1_epi32(0x01010101)),
+        _mm512_set1_epi32(0x30201000));
+    const __m512i v =
+        _mm512_permutexvar_epi8(idx, _mm512_loadu_si512((const uint8_t *)wp + s * 4 * PANEL));
+    const __m512i nibble = _mm512_set1_epi8(0xF);
+    *lo = _mm512_and_si512(v, nibble);
+    *hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+}
+
+/* rows x (np panels): per group, each (row, panel) an integer sum of 8 vpdpbusd (64 products
+ * each), then the group's fp32 steps (the sums of one or two rows split in two chains, the
+ * vpdpbusd latency otherwise the bound: an integer sum's value does not depend on it). The
+ * chains' fp32 values live in memory, touched once a group. decoded: the panels were decoded
+ * beforehand (decode_q8: per 8 k, lo then hi, 128 bytes). */
+static inline __attribute__((always_inline)) void tile_q8(
+    int rows, int np, int decoded, const uint8_t *x, int64_t k, const void *const wps[WP],
+    const void *const sps[WP], float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
+    const float *bias) {
+    const int64_t stride = Q8_ROW(k);
+    const int split = rows <= 2;
+    float acc[MR_PAIRS][WP][PANEL] __attribute__((aligned(64)));
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < np; p++) _mm512_store_ps(acc[i][p], _mm512_setzero_ps());
+    for (int64_t g = 0; g < k / GROUP; g++) {
+        __m512i dot[MR_PAIRS][WP], dot2[2][WP];
+        for (int i = 0; i < rows; i++)
+            for (int p = 0; p < np; p++) dot[i][p] = _mm512_setzero_si512();
+        if (split)
+            for (int i = 0; i < rows; i++)
+                for (int p = 0; p < np; p++) dot2[i][p] = _mm512_setzero_si512();
+        for (int64_t s = g * GROUP / 8; s < (g + 1) * GROUP / 8; s++) {
+            __m512i lo[WP], hi[WP];
+            for (int p = 0; p < np; p++) {
+                if (decoded) {
+                    lo[p] = _mm512_load_si512((const uint8_t *)wps[p] + s * 128);
+                    hi[p] = _mm512_load_si512((const uint8_t *)wps[p] + s * 128 + 64);
+                } else {
+                    q4_lanes(wps[p], s, &lo[p], &hi[p]);
+                }
+            }
+            for (int i = 0; i < rows; i++) {
+                int32_t xl, xh;
+                memcpy(&xl, x + i * stride + s * 8, sizeof xl);
+                memcpy(&xh, x + i * stride + s * 8 + 4, sizeof xh);
+                const __m512i xlv = _mm512_set1_epi32(xl), xhv = _mm512_set1_epi32(xh);
+                for (int p = 0; p < np; p++) {
+                    dot[i][p] = _mm512_dpbusd_epi32(dot[i][p], lo[p], xlv);
+                    if (split)
+                        dot2[i][p] = _mm512_dpbusd_epi32(dot2[i][p], hi[p], xhv);
+                    else
+                        dot[i][p] = _mm512_dpbusd_epi32(dot[i][p], hi[p], xhv);
+                }
+            }
+        }
+        for (int p = 0; p < np; p++) {
+            const uint16_t *sc = (const uint16_t *)sps[p] + g * 2 * PANEL;
+            const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sc));
+            const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + PANEL)));
+            for (int i = 0; i < rows; i++) {
+                float dx_sx[2];
+                memcpy(dx_sx, x + i * stride + k + g * 8, sizeof dx_sx);
+                const __m512i total = split ? _mm512_add_epi32(dot[i][p], dot2[i][p]) : dot[i][p];
+                __m512 a = _mm512_load_ps(acc[i][p]);
+                a = _mm512_fmadd_ps(m, _mm512_set1_ps(dx_sx[1]), a);
+                a = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(dx_sx[0])),
+                                    _mm512_cvtepi32_ps(total), a);
+                _mm512_store_ps(acc[i][p], a);
+            }
+        }
+    }
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < np; p++)
+            store_panel(y, ldy, row0 + i, col0 + p * PANEL, n, _mm512_load_ps(acc[i][p]), bias);
+}
+
+/* A Q4 panel's lanes for every 8 k (q4_lanes), out [k/8][2][64 bytes], 64-byte aligned. */
+static void decode_q8(const void *wp, int64_t k, uint8_t *out) {
+    for (int64_t s = 0; s < k / 8; s++) {
+        __m512i lo, hi;
+        q4_lanes(wp, s, &lo, &hi);
+        _mm512_store_si512(out + s * 128, lo);
+        _mm512_store_si512(out + s * 128 + 64, hi);
+    }
+}
+
+static void q8_tiles(int rows, const void *x, int64_t k, int64_t group,
+                     const void *const wps[WP], const void *const sps[WP], int mode, float *y,
+                     int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
+    (void)group;
+    const uint8_t *xr = (const uint8_t *)x;
+#define ROWS(r, dec)                                                                         \
+    do {                                                                                     \
+        if ((r) <= 2) {                                                                      \
+            tile_q8(r, WP, dec, xr, k, wps, sps, y, ldy, row0, col0, n, bias);               \
+            break;                                                                           \
+        }                                                                                    \
+        for (int h = 0; h < WP; h += NP)                                                     \
+            tile_q8(r, NP, dec, xr, k, wps + h, sps + h, y, ldy, row0, col0 + h * PANEL, n,  \
+                    bias);                                                                   \
+    } while (0)
+#define DECODED_OR_NOT(dec)                                                                  \
+    switch (rows) { /* a constant row count per case: the sums in registers */               \
+    case 8: ROWS(8, dec); break;                                                             \
+    case 7: ROWS(7, dec); break;                                                             \
+    case 6: ROWS(6, dec); break;                                                             \
+    case 5: ROWS(5, dec); break;                                                             \
+    case 4: ROWS(4, dec); break;                                                             \
+    case 3: ROWS(3, dec); break;                                                             \
+    case 2: ROWS(2, dec); break;                                                             \
+    default: ROWS(1, dec); break;                                                            \
+    }
+    if (mode & DECODED_Q8) {
+        DECODED_OR_NOT(1);
+    } else {
+        DECODED_OR_NOT(0);
+    }
+#undef DECODED_OR_NOT
+#undef ROWS
+}
+#else
+#define HAVE_Q8_DOT 0
+/* elements one by one (q8_element) */
+static void q8_tiles(int rows, const void *x, int64_t k, int64_t group,
+                     const void *const wps[WP], const void *const sps[WP], int fmt, float *y,
+                     int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
+    (void)group; (void)fmt;
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < WP; p++)
+            for (int j = 0; j < PANEL; j++)
+                store(y, ldy, row0 + i, col0 + p * PANEL + j, n,
+                      q8_element((const uint8_t *)x + i * Q8_ROW(k), wps[p], sps[p], k, j),
+                      bias);
+}
+#endif
+
+/* 1 where this build multiplies LMNB_W_Q4_Q8 with the CPU's integer dot product (else the
+ * scalar code, the same bits, much slower). */
+int lmnb_has_q8_dot(void) { return HAVE_Q8_DOT; }
 
 /* 1 where this build has the bf16 pair path (lmnb_pack_pairs, lmnb_linear_pairs). */
 int lmnb_has_pairs(void) {
@@ -700,6 +958,17 @@ typedef struct Panels {
  * decoded once into this thread's buffer and wps points there; returns the tiles' mode. */
 static int decode_once(TileFn fn, int mode, int mr, int64_t rows, int64_t k,
                        const void *wps[WP]) {
+#if HAVE_Q8_DOT
+    if (fn == q8_tiles && rows > mr) {
+        uint8_t *buf = (uint8_t *)decoded_buffer((size_t)(WP * 4 * k));
+        if (!buf) return mode;
+        for (int q = 0; q < WP; q++) {
+            decode_q8(wps[q], k, buf + q * 16 * k);
+            wps[q] = buf + q * 16 * k;
+        }
+        return mode | DECODED_Q8;
+    }
+#endif
 #ifdef __AVX512BF16__
     if (fn != q_pair_tiles || rows <= mr) return mode;
     uint32_t *buf = decoded_buffer((size_t)(WP * k / 2 * PANEL));
@@ -814,6 +1083,7 @@ static Panels quant_panels(const LmnbWeight *w) {
     switch (w->format) {
     case LMNB_W_Q4:
     case LMNB_W_Q4_PAIRS:
+    case LMNB_W_Q4_Q8:
         return (Panels){w->data, w->k / 2 * PANEL, w->scales, w->k / GROUP * 2 * PANEL * 2, GROUP};
     case LMNB_W_Q8:
     case LMNB_W_Q8_PAIRS:
@@ -885,11 +1155,12 @@ void lmnb_pack_int8(const int8_t *q, const float *s, int64_t n, int64_t k, int8_
 
 static int is_quant(int32_t format) {
     return format == LMNB_W_Q4 || format == LMNB_W_INT8 || format == LMNB_W_Q8 ||
-           format == LMNB_W_Q4_PAIRS || format == LMNB_W_Q8_PAIRS;
+           format == LMNB_W_Q4_PAIRS || format == LMNB_W_Q8_PAIRS || format == LMNB_W_Q4_Q8;
 }
 
 static int fits(const LmnbWeight *w) {
-    if (w->format == LMNB_W_Q4 || w->format == LMNB_W_Q8) return w->k % GROUP == 0;
+    if (w->format == LMNB_W_Q4 || w->format == LMNB_W_Q8 || w->format == LMNB_W_Q4_Q8)
+        return w->k % GROUP == 0;
     if (w->format == LMNB_W_Q4_PAIRS || w->format == LMNB_W_Q8_PAIRS)
         return w->k % GROUP == 0 && lmnb_has_pairs();
     return w->format >= LMNB_W_F32 && w->format <= LMNB_W_INT8;
@@ -952,6 +1223,23 @@ int lmnb_linear_w_reference(const LmnbWeight *w, const float *x, int64_t m, floa
         return 0;
     }
     const Panels pw = quant_panels(w);
+    if (w->format == LMNB_W_Q4_Q8) { /* the scalar quantizer and dot product, no tiles */
+        uint8_t *xr = malloc((size_t)Q8_ROW(w->k));
+        if (!xr) return 1;
+        for (int64_t r = 0; r < m; r++) {
+            q8_row_scalar(x + r * w->k, w->k, xr);
+            for (int64_t c = 0; c < w->n; c++) {
+                const int64_t p = c / PANEL;
+                store(y, w->n, r, c, w->n,
+                      q8_element(xr, (const char *)pw.data + p * pw.w_panel,
+                                 (const char *)pw.scales + p * pw.s_panel, w->k,
+                                 (int)(c % PANEL)),
+                      w->bias);
+            }
+        }
+        free(xr);
+        return 0;
+    }
     for (int64_t r = 0; r < m; r++)
         for (int64_t c = 0; c < w->n; c++) {
             const int64_t p = c / PANEL;
@@ -1001,6 +1289,14 @@ int lmnb_linear_w_round(const LmnbWeight *w, const float *x, int64_t m, float *y
 #else
         return 1;
 #endif
+    }
+    case LMNB_W_Q4_Q8: {
+        uint8_t *rows = q8_rows(x, m, w->k, num_threads);
+        if (!rows) return 1;
+        all_tiles(q8_tiles, w->format, MR_PAIRS, rows, Q8_ROW(w->k), m, w->k, quant_panels(w),
+                  w->n, w->bias, y, num_threads, round);
+        free(rows);
+        return 0;
     }
     default:
         all_tiles(quant_tiles, w->format, MR, x, 4 * w->k, m, w->k, quant_panels(w), w->n,

@@ -9,7 +9,10 @@
  * de-quantized exactly as below), so a quantized weight gives the bits of the fp32 weight
  * holding its de-quantized values. The pair formats round x to bf16 and use the CPU's bf16
  * dot product (avx512_bf16): other bits, twice the products an instruction, still a fixed
- * order per element. */
+ * order per element. Q4_Q8 quantizes x to int8 per group of 32 k (llama.cpp's arithmetic for
+ * these blocks): exact integer dot products, then a fixed fp32 order per group; four times the
+ * products an instruction of the fp32 chain, the same bits on every CPU (an integer sum has
+ * one value whatever the order, and the fp32 steps are the same everywhere). */
 #ifndef LMNB_LINEAR_H
 #define LMNB_LINEAR_H
 #include <stdint.h>
@@ -27,6 +30,10 @@ enum {
     LMNB_W_Q4_PAIRS = 6,   /* the Q4 panels with x rounded to bf16, on the CPU's bf16 dot
                             * product: per group, d * dot(x, q) + m * sum(x) (linear.c) */
     LMNB_W_Q8_PAIRS = 7,   /* the Q8 panels likewise: per group, d * dot(x, q) */
+    LMNB_W_Q4_Q8 = 8,      /* the Q4 panels with x quantized to int8 per 32 k (dx = max|x| / 127,
+                            * qx = rint(x * 127 / max|x|)), integer dot products (the CPU's
+                            * vpdpbusd where it has it): per group, acc = fma(m, sx, acc), acc =
+                            * fma(d * dx, dot(qx, q), acc), sx = dx * sum(qx) (linear.c) */
 };
 
 typedef struct LmnbWeight {
