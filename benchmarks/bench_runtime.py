@@ -288,8 +288,9 @@ def default_weights(dtype: torch.dtype, has_kernels: bool) -> str | None:
         gguf = getattr(files, "gguf", None)
         blocks = ({} if gguf is None else
                   lmnb_loader.gguf_blocks(gguf, cfg.num_heads, cfg.num_kv_heads))
+        native = cpu_kernels.load() if has_kernels else None
         return pick_weights(None, {b.kind for b in blocks.values()}, has_kernels, dtype,
-                            files.name)[0]
+                            files.name, int8_dot=bool(getattr(native, "q8_dot", False)))[0]
     except Exception:  # an older or newer runtime: the default variant is then the first
         return None
 

@@ -1,6 +1,6 @@
 """Weight formats: what each costs in accuracy and buys in speed (issue 13).
 
-For each weight format the engine offers (`Engine(weights=...)`: q4, int8, bf16, fp32) in
+For each weight format the engine offers (`Engine(weights=...)`: q4, q4q8, int8, bf16, fp32) in
 each activation dtype (fp32, bf16), against the reference, the fp32 de-quantized model
 (`weights="fp32"`, `dtype="float32"`: the GGUF's values in fp32 arithmetic), on the default
 model (SmolLM2-135M-Instruct, whose GGUF ships Q4_1 layers and a Q8_0 embedding):
@@ -48,7 +48,7 @@ import torch  # noqa: E402
 from lmnb.runtime import Engine, cpu_kernels  # noqa: E402
 from lmnb.runtime.linear import quantize_int8  # noqa: E402
 
-FORMATS = ("q4", "int8", "bf16", "fp32")
+FORMATS = ("q4", "q4q8", "int8", "bf16", "fp32")
 DTYPES = ("float32", "bfloat16")
 REFERENCE = ("fp32", "float32")  # (weights, dtype): the fp32 de-quantized model
 
@@ -202,6 +202,8 @@ def kernel_formats(native: cpu_kernels.NativeKernels, n: int, k: int,
     if native.bf16_pairs:
         out["q4 pairs (bf16 dot)"] = native.pack_gguf("Q4_1", q4, n, k, pairs=True)
         out["q8 pairs (bf16 dot)"] = native.pack_gguf("Q8_0", q8, n, k, pairs=True)
+    out["q4 x int8 activations (integer dot)"] = native.pack_gguf("Q4_1", q4, n, k,
+                                                                  int8_activations=True)
     values = native.dequantize(out["q4 (fp32 chain)"])
     out["int8 (fp32 chain)"] = native.pack_int8(*quantize_int8(values))
     if native.bf16_pairs:

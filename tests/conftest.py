@@ -1,9 +1,11 @@
 """Shared fixtures: one default-model engine for the whole session (loading costs seconds).
 
-`engine` runs in the machine's default dtype (`LMNB_DTYPE` chooses another): behaviour tests
-use it. `engine_fp32` is for tests whose subject is a comparison with a float32 reference
-(transformers' model, logprob tolerances tuned for fp32): the session engine when that is
-already fp32, else a second, smaller engine pinned to fp32.
+`engine` runs in the machine's default dtype and weights (`LMNB_DTYPE`, `LMNB_WEIGHTS` choose
+others): behaviour tests use it. `engine_fp32` is for tests whose subject is a comparison with
+a float32 reference (transformers' model, logprob tolerances tuned for fp32): the session
+engine when that already multiplies fp32 activations as they are, else a second, smaller
+engine pinned to fp32 (and to q4 where the default is q4q8, whose int8 activations are
+another arithmetic: q4 with fp32 activations gives the fp32 model's bits).
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ def engine() -> Engine:
 
 @pytest.fixture(scope="session")
 def engine_fp32(engine: Engine) -> Engine:
-    if engine.dtype == torch.float32:
+    if engine.dtype == torch.float32 and engine.weights != "q4q8":
         yield engine
         return
-    eng = Engine(dtype="float32", max_tokens_in_cache=4096)
+    eng = Engine(dtype="float32", weights="q4" if engine.weights == "q4q8" else None,
+                 max_tokens_in_cache=4096)
     yield eng
     eng.shutdown()
 

@@ -7,9 +7,11 @@ their probes, unless `deterministic=False`. The dtype: an explicit `dtype=` wins
 where the CPU has native bf16 (avx512_bf16/AMX) *and* the exact kernels are in use (their
 probes run bf16 too); fp32 otherwise. bf16 without those kernels changes greedy answers with
 cache hits, so the default never picks it from the CPU's flags alone. The weight format
-(`pick_weights`): `weights=`, then `LMNB_WEIGHTS`, then the default: `q4` where the model file
-ships Q4_1 blocks and the exact kernels run (measured fastest here at batch 1 and 8, and the
-file's own values), else the engine's dtype (a model is never quantized unasked). Knows
+(`pick_weights`): `weights=`, then `LMNB_WEIGHTS`, then the default where the model file ships
+Q4_1 blocks and the exact kernels run: `q4q8` (those blocks times activations quantized to
+int8 per 32, llama.cpp's arithmetic for them, measured fastest) where the kernels have vector
+integer dot products (every CPU with AVX2), `q4` (the file's values times the activations as
+they are) elsewhere; else the engine's dtype (a model's weights are never quantized unasked). Knows
 nothing of models or requests beyond which block types a file holds.
 """
 
@@ -26,7 +28,7 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 DTYPE_ENV = "LMNB_DTYPE"
 WEIGHTS_ENV = "LMNB_WEIGHTS"
-WEIGHT_FORMATS = ("q4", "int8", "bf16", "fp32")  # linear.WEIGHT_FORMATS
+WEIGHT_FORMATS = ("q4", "q4q8", "int8", "bf16", "fp32")  # linear.WEIGHT_FORMATS
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -160,34 +162,46 @@ def pick_kernels(device: torch.device, deterministic: bool | None,
 def parse_weights(weights: str, source: str = "weights") -> str:
     if not isinstance(weights, str) or weights.lower() not in WEIGHT_FORMATS:
         raise ValueError(f"unknown {source} {weights!r}; choose one of {list(WEIGHT_FORMATS)} "
-                         "(q4: the GGUF's Q4_1 blocks as they ship; int8: quantized on load; "
+                         "(q4: the GGUF's Q4_1 blocks as they ship; q4q8: those blocks times "
+                         "activations quantized to int8 per 32; int8: quantized on load; "
                          "bf16, fp32: de-quantized)")
     return weights.lower()
 
 
 def pick_weights(weights: str | None, block_types: set[str], exact_kernels: bool,
-                 dtype: torch.dtype, model: str) -> tuple[str, str]:
+                 dtype: torch.dtype, model: str, int8_dot: bool = False) -> tuple[str, str]:
     """(weight format, why). block_types: the quantized block types the model's file holds
     for its matrices (empty for a Hugging Face folder). exact_kernels: the native kernels run
-    (else q4 and int8 are de-quantized into `dtype` for torch's products)."""
+    (else q4 and int8 are de-quantized into `dtype` for torch's products). int8_dot: those
+    kernels multiply q4q8 with vector integer dot products (else scalar code runs it)."""
     if weights is not None:
         fmt, why = parse_weights(weights), "asked for (weights=)"
     elif os.environ.get(WEIGHTS_ENV):
         fmt, why = parse_weights(os.environ[WEIGHTS_ENV], WEIGHTS_ENV), f"{WEIGHTS_ENV} is set"
+    elif "Q4_1" in block_types and exact_kernels and int8_dot:
+        return "q4q8", ("default: the model ships Q4_1 blocks, read as they are, times "
+                        "activations quantized to int8 per 32 on the kernels' integer dot "
+                        "products (the fastest exact format; weights='q4' multiplies the "
+                        "activations as they are)")
     elif "Q4_1" in block_types and exact_kernels:
         return "q4", ("default: the model ships Q4_1 blocks, read as they are (5 bits a "
-                      "weight, the file's exact values; the fastest exact format here)")
+                      "weight, the file's exact values; the kernels here have no vector "
+                      "integer dot product for q4q8)")
     else:
         fmt = "bf16" if dtype == torch.bfloat16 else "fp32"
         why = ("default: the engine's dtype (no Q4_1 blocks in the model's file)"
                if "Q4_1" not in block_types else
                "default: the engine's dtype (q4 needs the native kernels: the torch paths "
                "would de-quantize it anyway)")
-    if fmt == "q4" and "Q4_1" not in block_types:
+    if fmt in ("q4", "q4q8") and "Q4_1" not in block_types:
         found = ", ".join(sorted(block_types)) or "none"
-        raise ValueError(f"weights='q4' needs a model file that ships Q4_1 blocks (a GGUF, "
+        raise ValueError(f"weights={fmt!r} needs a model file that ships Q4_1 blocks (a GGUF, "
                          f"read as it is); {model} has none (quantized blocks found: {found}); "
                          "choose int8 to quantize on load, or bf16/fp32")
+    if fmt == "q4q8" and not exact_kernels:
+        raise ValueError("weights='q4q8' quantizes the activations inside the native CPU "
+                         "kernels, which do not run here; choose q4 (the same weights with the "
+                         "activations as they are)")
     if fmt in ("q4", "int8") and not exact_kernels:
         why += (f"; without the native kernels its values are de-quantized into "
                 f"{str(dtype).removeprefix('torch.')} for torch's products (no memory saved)")

@@ -83,8 +83,11 @@ class Engine:
         on cache hits or on the batch (None: wherever they are available, i.e. on the CPU with
         a C compiler; True: raise where they are not; False: the torch paths).
         weights: the matrix products' weight format, "q4" (a GGUF's Q4_1 blocks as they ship),
-        "int8" (quantized on load), "bf16" or "fp32" (de-quantized); None: `LMNB_WEIGHTS`, else
-        q4 where the file ships it and the native kernels run, else the dtype's.
+        "q4q8" (those blocks times activations quantized to int8 per 32, llama.cpp's
+        arithmetic; the native kernels only), "int8" (quantized on load), "bf16" or "fp32"
+        (de-quantized); None: `LMNB_WEIGHTS`, else, where the file ships Q4_1 and the native
+        kernels run, q4q8 on a CPU with AVX2 (vector integer dot products) and q4 on others,
+        else the dtype's.
         runner: "native" (the whole step in one C call, csrc/forward.c; needs the native
         kernels), "torch" (op by op from Python), None (native wherever the kernels run).
         device: "cpu" or "cuda" (None: a CUDA GPU where torch sees one, else the CPU).
@@ -109,12 +112,12 @@ class Engine:
                   loader.gguf_blocks(files.gguf, cfg.num_heads, cfg.num_kv_heads))
         self.weights, self.weights_reason = pick_weights(
             weights, {b.kind for b in blocks.values()}, native is not None, self.dtype,
-            files.name)
+            files.name, int8_dot=native is not None and native.q8_dot)
         self.attention, self.attention_reason = pick_attention(attention, self.device,
                                                                native is not None)
         self.model = LlamaModel(cfg, loader.load_weights(files.folder), self.dtype, self.device,
                                 native=native, runner=runner, weights_format=self.weights,
-                                blocks=blocks if self.weights == "q4" else None,
+                                blocks=blocks if self.weights in ("q4", "q4q8") else None,
                                 attention="torch" if native else self.attention)
         self.max_context = min(self.config.max_position, max_context or self.config.max_position)
         num_slots = (max_tokens_in_cache or DEFAULT_MAX_TOKENS_IN_CACHE) + 1  # + padding sink

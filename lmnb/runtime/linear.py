@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from lmnb.runtime.cpu_kernels import NativeKernels, PackedWeight
 from lmnb.runtime.loader import GGUFBlocks
 
-WEIGHT_FORMATS = ("q4", "int8", "bf16", "fp32")
+WEIGHT_FORMATS = ("q4", "q4q8", "int8", "bf16", "fp32")
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +123,8 @@ class Linears:
     converted model); blocks: the GGUF's quantized blocks by the same names (`q4`); fmt: one of
     WEIGHT_FORMATS, or None for weights in the activations' dtype. With `native`, the weights
     are packed in that format (`q4`: Q4_1 blocks as LMNB_W_Q4, Q8_0 ones as LMNB_W_Q8, a
-    matrix of any other type in fp32; `bf16` takes the bf16 pairs only with bf16
+    matrix of any other type in fp32; `q4q8`: the same, the Q4_1 blocks multiplying x quantized
+    to int8 per 32 (LMNB_W_Q4_Q8); `bf16` takes the bf16 pairs only with bf16
     activations). Without it, the format's values are de-quantized into `dtype` for torch."""
 
     def __init__(self, weights: Mapping[str, torch.Tensor], dtype: torch.dtype,
@@ -131,8 +132,8 @@ class Linears:
                  fmt: str | None = None, blocks: dict[str, GGUFBlocks] | None = None) -> None:
         if fmt is not None and fmt not in WEIGHT_FORMATS:
             raise ValueError(f"unknown weight format {fmt!r}; choose one of {WEIGHT_FORMATS}")
-        if fmt == "q4" and not any(b.kind == "Q4_1" for b in (blocks or {}).values()):
-            raise ValueError("weights='q4' needs the model's Q4_1 blocks (a GGUF that ships "
+        if fmt in ("q4", "q4q8") and not any(b.kind == "Q4_1" for b in (blocks or {}).values()):
+            raise ValueError(f"weights={fmt!r} needs the model's Q4_1 blocks (a GGUF that ships "
                              "them); none were given")
         self.weights, self.dtype, self.device = weights, dtype, device
         self.pack, self.native, self.fmt, self.blocks = pack, native, fmt, blocks or {}
@@ -158,12 +159,13 @@ class Linears:
                 native: NativeKernels) -> PackedWeight:
         bias = None if bias is None else bias.float()
         match self.fmt:
-            case "q4" if all(n in self.blocks for n in names) and len(
+            case "q4" | "q4q8" if all(n in self.blocks for n in names) and len(
                     {self.blocks[n].kind for n in names}) == 1:
                 b = GGUFBlocks.cat([self.blocks[n] for n in names])
                 return native.pack_gguf(b.kind, b.raw, *b.shape, bias,
-                                        pairs=self.dtype == torch.bfloat16)
-            case "q4" | "fp32":  # q4: a matrix the file holds in another type, exactly
+                                        pairs=self.dtype == torch.bfloat16,
+                                        int8_activations=self.fmt == "q4q8")
+            case "q4" | "q4q8" | "fp32":  # q4: a matrix the file holds in another type, exactly
                 return native.pack(self._dense(names), bias, torch.float32)
             case "int8":
                 return native.pack_int8(*quantize_int8(self._dense(names)), bias)

@@ -1,4 +1,5 @@
-"""Weight formats: q4 (the GGUF's Q4_1 blocks as they ship), int8, bf16, fp32.
+"""Weight formats: q4 (the GGUF's Q4_1 blocks as they ship), q4q8 (those blocks times int8
+activations), int8, bf16, fp32.
 
 The promise holds in each (bits: a prompt split in several ways, alone and batched, gives the
 same logits; answers: a cache hit or a batch never changes the default model's greedy output),
@@ -30,7 +31,7 @@ from lmnb.runtime.loader import GGUFBlocks
 from lmnb.runtime.model import LlamaModel
 
 CPU = torch.device("cpu")
-FORMATS = ["q4", "int8", "bf16", "fp32"]
+FORMATS = ["q4", "q4q8", "int8", "bf16", "fp32"]
 NO_KERNELS = os.environ.get("LMNB_NO_KERNELS") == "1"
 needs_kernels = pytest.mark.skipif(
     NO_KERNELS or cpu_kernels.load() is None,
@@ -109,6 +110,46 @@ def test_pair_formats_take_bf16_activations_and_are_batch_invariant(kernels, kin
                                full[start : start + rows]), (rows, start)
 
 
+def _int8_grid(x: torch.Tensor) -> torch.Tensor:
+    """x [m, k] rounded per group of 32 to its int8 grid as LMNB_W_Q4_Q8 defines it (fp32:
+    dx = amax / 127, qx = rint(x * (127 / amax)), nearest even): dx * qx."""
+    g = x.float().reshape(x.shape[0], -1, 32)
+    amax = g.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros(()))
+    return ((g * inv).round() * (amax / 127)).reshape(x.shape)
+
+
+@pytest.mark.parametrize("out_f,in_f", [(200, 576), (7, 64), (576, 1536)])
+def test_q4_q8_is_the_product_with_x_on_its_int8_grid(kernels, out_f, in_f) -> None:
+    """Q4 weights times int8 activations (LMNB_W_Q4_Q8): the fp32 product of the blocks'
+    values with x rounded per 32 to its int8 grid (to fp32 rounding), the same bits as the
+    element-by-element scalar reference, on vpdpbusd (AVX-512 VNNI), on vpmaddwd (the AVX2
+    build, and an AVX-512 build without VNNI), and per row whatever the batch."""
+    gen = torch.Generator().manual_seed(out_f)
+    weight, bias = torch.randn(out_f, in_f, generator=gen), torch.randn(out_f, generator=gen)
+    x = torch.randn(70, in_f, generator=gen)
+    x[3, :32] = 0  # a group of zeros: qx = 0, dx = 0
+    x[4, 40] = 100.0  # an outlier: the rest of its group rounds to few levels
+    b = _blocks("Q4_1", weight)
+    packed = kernels.pack_gguf("Q4_1", b.raw, *b.shape, bias, int8_activations=True)
+    assert packed.format_name == "q4 (Q4_1) x int8 activations"
+    assert torch.equal(kernels.dequantize(packed), b.dequantize())
+    full = kernels.linear(x, packed)
+    grid = F.linear(_int8_grid(x), b.dequantize(), bias)
+    torch.testing.assert_close(full, grid, rtol=1e-5, atol=1e-3)
+    assert not torch.allclose(full, F.linear(x, b.dequantize(), bias), rtol=1e-5, atol=1e-3)
+    assert torch.equal(full, kernels.linear(x, packed, reference=True))
+    assert kernels.q8_dot == ("avx2" in device._cpuinfo())  # a vector path on every AVX2 CPU
+    if "avx512_vnni" in device._cpuinfo():  # vpmaddwd in the AVX-512 build of this CPU
+        no_vnni = cpu_kernels.build(("-mno-avx512vnni",))
+        assert torch.equal(full, no_vnni.linear(x, no_vnni.pack_gguf(
+            "Q4_1", b.raw, *b.shape, bias, int8_activations=True)))
+    for rows in (1, 2, 3, 7, 8, 9, 17, 49):
+        for start in range(0, len(x) - rows + 1, 19):
+            assert torch.equal(kernels.linear(x[start : start + rows], packed),
+                               full[start : start + rows]), (rows, start)
+
+
 @pytest.mark.parametrize("fmt", ["Q4_1", "Q8_0", "int8", "bf16", "fp32"])
 def test_products_round_to_bf16_inside_as_after(kernels, fmt) -> None:
     """What the forward of a bf16 model calls: the product with its outputs rounded to bf16 by
@@ -123,6 +164,8 @@ def test_products_round_to_bf16_inside_as_after(kernels, fmt) -> None:
     else:
         b = _blocks(fmt, weight)
         packs = [kernels.pack_gguf(fmt, b.raw, *b.shape, bias, pairs=p) for p in (False, True)]
+        if fmt == "Q4_1":
+            packs.append(kernels.pack_gguf(fmt, b.raw, *b.shape, bias, int8_activations=True))
     for packed in packs:
         for rows in (1, 3, 8, 9, 97, 130):
             x = torch.randn(rows, 576, generator=gen).bfloat16().float()
@@ -257,7 +300,7 @@ def _check_splits(model: LlamaModel, ids: list[int], other: list[int],
 
 
 @needs_kernels
-@pytest.mark.parametrize("fmt", ["q4", "int8"])
+@pytest.mark.parametrize("fmt", ["q4", "q4q8", "int8"])
 def test_the_default_model_keeps_the_promise_in_every_format(fmt, default_files, default_blocks,
                                                              default_dense) -> None:
     """bf16 activations (the default dtype where the CPU has bf16), bits per split/batch.
@@ -265,7 +308,7 @@ def test_the_default_model_keeps_the_promise_in_every_format(fmt, default_files,
     format in both dtypes: the tiny models below.)"""
     cfg = ModelConfig.from_hf(loader.load_config(default_files.folder))
     model = LlamaModel(cfg, default_dense, torch.bfloat16, CPU, native=cpu_kernels.load(),
-                       weights_format=fmt, blocks=default_blocks if fmt == "q4" else None)
+                       weights_format=fmt, blocks=default_blocks if fmt != "int8" else None)
     gen = torch.Generator().manual_seed(3)
     ids = torch.randint(0, cfg.vocab_size, (30,), generator=gen).tolist()
     other = torch.randint(0, cfg.vocab_size, (10,), generator=gen).tolist()
@@ -345,11 +388,18 @@ def test_the_weight_format_is_chosen_and_explained(monkeypatch) -> None:
     monkeypatch.delenv("LMNB_WEIGHTS", raising=False)
     fmt, why = device.pick_weights(None, {"Q4_1", "Q8_0"}, True, torch.bfloat16, "m")
     assert fmt == "q4" and "Q4_1" in why
+    fmt, why = device.pick_weights(None, {"Q4_1", "Q8_0"}, True, torch.bfloat16, "m",
+                                   int8_dot=True)
+    assert fmt == "q4q8" and "integer dot product" in why
+    assert device.pick_weights(None, set(), True, torch.bfloat16, "m", int8_dot=True)[0] == "bf16"
     assert device.pick_weights(None, set(), True, torch.bfloat16, "m")[0] == "bf16"
     assert device.pick_weights(None, set(), True, torch.float32, "m")[0] == "fp32"
     assert device.pick_weights(None, {"Q4_1"}, False, torch.float32, "m")[0] == "fp32"
     fmt, why = device.pick_weights("int8", set(), False, torch.float32, "m")
     assert fmt == "int8" and "de-quantized into float32" in why
+    assert device.pick_weights("q4q8", {"Q4_1"}, True, torch.float32, "m")[0] == "q4q8"
+    with pytest.raises(ValueError, match="q4q8.*native CPU kernels.*choose q4"):
+        device.pick_weights("q4q8", {"Q4_1"}, False, torch.float32, "m")
     monkeypatch.setenv("LMNB_WEIGHTS", "INT8")
     assert device.pick_weights(None, {"Q4_1"}, True, torch.float32, "m") == (
         "int8", "LMNB_WEIGHTS is set")
@@ -378,6 +428,8 @@ def tiny_folder(tmp_path_factory, default_files) -> str:
 def test_q4_on_a_model_without_q4_blocks_says_why(tiny_folder) -> None:
     with pytest.raises(ValueError, match="needs a model file that ships Q4_1 blocks"):
         Engine(model=tiny_folder, weights="q4")
+    with pytest.raises(ValueError, match="'q4q8' needs a model file that ships Q4_1 blocks"):
+        Engine(model=tiny_folder, weights="q4q8")
     with pytest.raises(ValueError, match="Q4_1 blocks"):
         Linears({}, torch.float32, CPU, fmt="q4")
 

@@ -645,8 +645,8 @@ static uint32_t *decoded_buffer(size_t words) {
  *     acc = fma(m, sx, acc), acc = fma(d * dx, dot, acc),
  * the value of the fp32 weights' product with x rounded to dx * qx. The integer sum has one
  * value whatever the order it is added in, and the fp32 steps are the same in the scalar and
- * the vector code, so every CPU and build gives the same bits (the vector path needs
- * avx512_vnni and avx512_vbmi; elsewhere the scalar code runs, slower). */
+ * the vector code, so every CPU and build gives the same bits (vpdpbusd where the CPU has
+ * avx512_vnni and avx512_vbmi, vpmaddwd with AVX2, else the scalar code). */
 #define Q8_ROW(k) ((k) + (k) / GROUP * 8) /* bytes of a quantized row of x */
 #define DECODED_Q8 0x200 /* tile_q8's mode flag: panels decoded beforehand (decode_q8) */
 
@@ -740,6 +740,7 @@ static float q8_element(const uint8_t *xr, const void *wp, const void *sp, int64
 
 #if defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
 #define HAVE_Q8_DOT 1
+#define Q8_VNNI 1 /* tile_q8, decode_q8 */
 /* The 8 k from 8s of a Q4 panel as two vectors of unsigned bytes, lane j holding column j's:
  * lo = q at k = 8s, 8s+2, 8s+4, 8s+6, hi = at the odd k (the order of a quantized row). The
  * 64 panel bytes of those k (rows 4s .. 4s+3 of 16 bytes) gathered by column with one vpermb. */
@@ -867,6 +868,82 @@ static void q8_tiles(int rows, const void *x, int64_t k, int64_t group,
 #undef DECODED_OR_NOT
 #undef ROWS
 }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define HAVE_Q8_DOT 1
+/* Without vpdpbusd: a panel byte holds the q of k and k + 1 (its nibbles), which vpmaddwd
+ * multiplies as an int16 pair by (qx[k], qx[k + 1]) and adds into an int32 lane: per group
+ * the same integer sum (in another order: an integer has one value), then the same fp32 steps.
+ * Per group each row's 16 pairs are made once for all panels; 4 rows x 16 columns a pass. */
+#define Q8_AVX2_ROWS 4
+static void q8_tiles(int rows, const void *x, int64_t k, int64_t group,
+                     const void *const wps[WP], const void *const sps[WP], int fmt, float *y,
+                     int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
+    (void)group; (void)fmt;
+    const uint8_t *xr = (const uint8_t *)x;
+    const int64_t stride = Q8_ROW(k);
+    __m256 acc[MR_PAIRS][WP][2];
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < WP; p++) acc[i][p][0] = acc[i][p][1] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < k / GROUP; g++) {
+        int32_t xp[MR_PAIRS][GROUP / 2]; /* (qx[k], qx[k + 1]) for k = g * 32 + 2kp */
+        float dx[MR_PAIRS], sx[MR_PAIRS];
+        for (int i = 0; i < rows; i++) {
+            const int8_t *q = (const int8_t *)(xr + i * stride) + g * GROUP;
+            for (int kp = 0; kp < GROUP / 2; kp++) {
+                const int at = 8 * (kp / 4) + kp % 4; /* stored order (q8_k_of) */
+                xp[i][kp] = (int32_t)((uint16_t)(int16_t)q[at] |
+                                      (uint32_t)(uint16_t)(int16_t)q[at + 4] << 16);
+            }
+            memcpy(&dx[i], xr + i * stride + k + g * 8, sizeof(float));
+            memcpy(&sx[i], xr + i * stride + k + g * 8 + 4, sizeof(float));
+        }
+        for (int p = 0; p < WP; p++) {
+            if (col0 + p * PANEL >= n) continue;
+            const uint8_t *wq = (const uint8_t *)wps[p] + g * GROUP / 2 * PANEL;
+            const uint16_t *sc = (const uint16_t *)sps[p] + g * 2 * PANEL;
+            __m256 d[2], m[2];
+            for (int h = 0; h < 2; h++) {
+                d[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + 8 * h)));
+                m[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + PANEL + 8 * h)));
+            }
+            for (int i0 = 0; i0 < rows; i0 += Q8_AVX2_ROWS) {
+                const int r = rows - i0 < Q8_AVX2_ROWS ? rows - i0 : Q8_AVX2_ROWS;
+                __m256i dot[Q8_AVX2_ROWS][2];
+                for (int i = 0; i < r; i++) dot[i][0] = dot[i][1] = _mm256_setzero_si256();
+                for (int kp = 0; kp < GROUP / 2; kp++) {
+                    __m256i w[2];
+                    for (int h = 0; h < 2; h++) {
+                        const __m256i b = _mm256_cvtepu8_epi32(
+                            _mm_loadl_epi64((const __m128i *)(wq + kp * PANEL + 8 * h)));
+                        w[h] = _mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi32(0xF)),
+                                               _mm256_slli_epi32(_mm256_srli_epi32(b, 4), 16));
+                    }
+                    for (int i = 0; i < r; i++) {
+                        const __m256i xv = _mm256_set1_epi32(xp[i0 + i][kp]);
+                        dot[i][0] = _mm256_add_epi32(dot[i][0], _mm256_madd_epi16(w[0], xv));
+                        dot[i][1] = _mm256_add_epi32(dot[i][1], _mm256_madd_epi16(w[1], xv));
+                    }
+                }
+                for (int i = 0; i < r; i++)
+                    for (int h = 0; h < 2; h++) {
+                        __m256 a = acc[i0 + i][p][h];
+                        a = _mm256_fmadd_ps(m[h], _mm256_set1_ps(sx[i0 + i]), a);
+                        acc[i0 + i][p][h] =
+                            _mm256_fmadd_ps(_mm256_mul_ps(d[h], _mm256_set1_ps(dx[i0 + i])),
+                                            _mm256_cvtepi32_ps(dot[i][h]), a);
+                    }
+            }
+        }
+    }
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < WP; p++)
+            for (int h = 0; h < 2; h++) {
+                float v[8];
+                _mm256_storeu_ps(v, acc[i][p][h]);
+                for (int j = 0; j < 8; j++)
+                    store(y, ldy, row0 + i, col0 + p * PANEL + 8 * h + j, n, v[j], bias);
+            }
+}
 #else
 #define HAVE_Q8_DOT 0
 /* elements one by one (q8_element) */
@@ -883,8 +960,9 @@ static void q8_tiles(int rows, const void *x, int64_t k, int64_t group,
 }
 #endif
 
-/* 1 where this build multiplies LMNB_W_Q4_Q8 with the CPU's integer dot product (else the
- * scalar code, the same bits, much slower). */
+/* 1 where this build multiplies LMNB_W_Q4_Q8 with vector integer dot products (vpdpbusd
+ * with avx512_vnni and avx512_vbmi, else vpmaddwd with AVX2), 0 where the scalar code does
+ * (the same bits, much slower). */
 int lmnb_has_q8_dot(void) { return HAVE_Q8_DOT; }
 
 /* 1 where this build has the bf16 pair path (lmnb_pack_pairs, lmnb_linear_pairs). */
@@ -958,7 +1036,7 @@ typedef struct Panels {
  * decoded once into this thread's buffer and wps points there; returns the tiles' mode. */
 static int decode_once(TileFn fn, int mode, int mr, int64_t rows, int64_t k,
                        const void *wps[WP]) {
-#if HAVE_Q8_DOT
+#ifdef Q8_VNNI
     if (fn == q8_tiles && rows > mr) {
         uint8_t *buf = (uint8_t *)decoded_buffer((size_t)(WP * 4 * k));
         if (!buf) return mode;
