@@ -64,7 +64,7 @@ def test_fork_children_each_hit_the_whole_shared_prefix():
 
 @lm.function
 def chat(s):
-    s += lm.user("What is the capital of France?")
+    s += lm.user("What is the capital of France? Answer in one sentence.")
     s += lm.assistant(lm.gen("answer_1", max_tokens=32))
     s += lm.user("And of Italy?")
     s += lm.assistant(lm.gen("answer_2", max_tokens=8))
