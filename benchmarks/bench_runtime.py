@@ -127,7 +127,7 @@ from lmnb.runtime.tokenizer import Tokenizer  # noqa: E402
 WORKLOADS = ("prefill", "decode", "shared", "noshare", "longdecode", "exactness")
 DTYPES = ("float32", "bfloat16")
 CONFIGS = ("exact", "torch")  # Engine(deterministic=True) / Engine(deterministic=False)
-WEIGHTS = ("q4", "int8", "bf16", "fp32")  # Engine(weights=...), where the engine has it
+WEIGHTS = ("q4q8", "q4", "int8", "bf16", "fp32")  # Engine(weights=...), where the engine has it
 RUNNERS = ("native", "torch")  # Engine(runner=...), where the engine has it
 SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 TARGETS = {"prefill": 1.3, "decode32": 3.0, "shared": 5.0, "noshare": 1.03}
@@ -1148,7 +1148,9 @@ def engines_text(info: dict[str, Any]) -> str:
         bw = first["bandwidth"]
         lines.append(f"roofline: memory {m['bandwidth_gbs']:.1f} GB/s, GEMM peak fp32 "
                      f"{m['peak_gflops']['float32']:.0f}, bf16 "
-                     f"{m['peak_gflops']['bfloat16']:.0f} GFLOP/s (the higher of a measurement "
+                     f"{m['peak_gflops']['bfloat16']:.0f}, int8 "
+                     f"{m['peak_gflops'].get('int8', float('nan')):.0f} GFLOP/s (the higher of "
+                     f"a measurement "
                      f"at the start and one at the end; each the best of copy, triad and read "
                      f"over {bw['array_mb']} MB arrays on {bw['threads']} threads, and a "
                      f"{first['gemm_size']}^2 matmul)")

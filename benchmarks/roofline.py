@@ -13,6 +13,7 @@ engine reports), the KV's dtype and the steps.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -26,8 +27,8 @@ import torch
 # scale per row or group, negligible); the tied embedding / lm_head of that GGUF is Q8_0
 # (34 bytes per 32), which the "q4" format keeps as it ships.
 BYTES_PER_WEIGHT = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "q4": 20 / 32,
-                    "q4_1": 20 / 32, "q8_0": 34 / 32}
-HEAD_FORMAT = {"q4": "q8_0", "q4_1": "q8_0"}  # the lm_head's format where it differs
+                    "q4q8": 20 / 32, "q4_1": 20 / 32, "q8_0": 34 / 32}
+HEAD_FORMAT = {"q4": "q8_0", "q4q8": "q8_0", "q4_1": "q8_0"}  # the lm_head's, where it differs
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "f16": 2}
 
 
@@ -66,8 +67,14 @@ def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> dict[str, float]
 
 def gemm_peak(dtype: torch.dtype = torch.float32, size: int = 2048,
               repeats: int = 3) -> float:
-    """GFLOP/s of one [size, size] @ [size, size] matmul in `dtype` (2 size^3 FLOPs)."""
+    """GFLOP/s of one [size, size] @ [size, size] matmul in `dtype` (2 size^3 FLOPs); int8:
+    torch's int8 x int8 -> int32 product (`torch._int_mm`, oneDNN's VNNI kernels), GOP/s."""
     gen = torch.Generator().manual_seed(0)
+    if dtype == torch.int8:
+        a = torch.randint(-127, 128, (size, size), generator=gen, dtype=torch.int8)
+        b = torch.randint(-127, 128, (size, size), generator=gen, dtype=torch.int8)
+        seconds = _best_seconds(lambda: torch._int_mm(a, b), repeats)
+        return 2 * size**3 / seconds / 1e9
     x = torch.randn(size, size, generator=gen).to(dtype)
     y = torch.randn(size, size, generator=gen).to(dtype)
     seconds = _best_seconds(lambda: torch.mm(x, y), repeats)
@@ -97,11 +104,14 @@ class Machine:
 
 
 def measure_machine(quick: bool = False) -> Machine:
-    """Bandwidth and the fp32 / bf16 GEMM peaks (smaller arrays with `quick`)."""
+    """Bandwidth and the fp32 / bf16 (and int8, where torch has it) GEMM peaks (smaller arrays
+    with `quick`)."""
     bw = memory_bandwidth(64 if quick else 512, 3 if quick else 5)
     size = 1024 if quick else 2048
     peaks = {"float32": gemm_peak(torch.float32, size), "bfloat16": gemm_peak(torch.bfloat16,
                                                                                size)}
+    with contextlib.suppress(RuntimeError, AttributeError):  # where torch has an int8 matmul
+        peaks["int8"] = gemm_peak(torch.int8, size)  # the peak of q4q8's integer products
     return Machine(bw["gbs"], peaks, {"bandwidth": bw, "gemm_size": size})
 
 
@@ -227,4 +237,8 @@ def roofline(work: Work, seconds: float, machine: Machine, dtype: str) -> dict[s
             "achieved_gbs": work.bytes / seconds / 1e9,
             "achieved_gflops": work.flops / seconds / 1e9,
             "pct_bandwidth": 100 * bw_floor / seconds,
-            "pct_peak": 100 * compute_floor / seconds, "peak_dtype": dtype}
+            "pct_peak": 100 * compute_floor / seconds, "peak_dtype": dtype,
+            # every FLOP against the int8 peak (q4q8's products run int8; its attention and
+            # elementwise work do not): a lower bound of how near that peak a run comes
+            **({"pct_peak_int8": 100 * work.flops / (machine.peak_gflops["int8"] * 1e9)
+                / seconds} if "int8" in machine.peak_gflops else {})}
