@@ -206,6 +206,32 @@ static inline __attribute__((always_inline)) void tile(
         }                                                                                    \
     } while (0)
 
+/* The row-count switch of the tiles that keep their chains in memory (tile_q_pairs, tile_q8:
+ * fn(rows, panels, mode, x, k, wps, sps, y, ldy, row0, col0, n, bias)): rows <= 2 take all WP
+ * panels at once, up to MR_PAIRS rows NP panels a pass; a constant row count per case keeps
+ * the dot products in registers. */
+#define MEMORY_TILE(fn, r, mode)                                                             \
+    do {                                                                                     \
+        if ((r) <= 2) {                                                                      \
+            fn(r, WP, mode, x, k, wps, sps, y, ldy, row0, col0, n, bias);                    \
+            break;                                                                           \
+        }                                                                                    \
+        for (int h = 0; h < WP; h += NP)                                                     \
+            fn(r, NP, mode, x, k, wps + h, sps + h, y, ldy, row0, col0 + h * PANEL, n,      \
+               bias);                                                                    \
+    } while (0)
+#define MEMORY_TILES(fn, mode)                                                               \
+    switch (rows) {                                                                          \
+    case 8: MEMORY_TILE(fn, 8, mode); break;                                                 \
+    case 7: MEMORY_TILE(fn, 7, mode); break;                                                 \
+    case 6: MEMORY_TILE(fn, 6, mode); break;                                                 \
+    case 5: MEMORY_TILE(fn, 5, mode); break;                                                 \
+    case 4: MEMORY_TILE(fn, 4, mode); break;                                                 \
+    case 3: MEMORY_TILE(fn, 3, mode); break;                                                 \
+    case 2: MEMORY_TILE(fn, 2, mode); break;                                                 \
+    default: MEMORY_TILE(fn, 1, mode); break;                                                \
+    }
+
 static void tile_rows(int rows, const float *x, int64_t k, const void *const wps[WP], int bf16,
                       float *y, int64_t ldy, int64_t row0, int64_t col0, int64_t n,
                       const float *bias) {
@@ -572,40 +598,16 @@ static inline __attribute__((always_inline)) void tile_q_pairs(
             store_panel(y, ldy, row0 + i, col0 + p * PANEL, n, _mm512_load_ps(acc[i][p]), bias);
 }
 
-/* rows <= 2: all WP panels at once; up to MR_PAIRS rows: NP panels a pass. */
 static void tile_q_pairs_rows(int rows, int fmt, const uint8_t *x, int64_t k,
                               const void *const wps[WP], const void *const sps[WP], float *y,
                               int64_t ldy, int64_t row0, int64_t col0, int64_t n,
                               const float *bias) {
-#define ROWS(r, f)                                                                           \
-    do {                                                                                     \
-        if ((r) <= 2) {                                                                      \
-            tile_q_pairs(r, WP, f, x, k, wps, sps, y, ldy, row0, col0, n, bias);             \
-            break;                                                                           \
-        }                                                                                    \
-        for (int h = 0; h < WP; h += NP)                                                     \
-            tile_q_pairs(r, NP, f, x, k, wps + h, sps + h, y, ldy, row0, col0 + h * PANEL,   \
-                         n, bias);                                                           \
-    } while (0)
-#define FORMAT(f)                                                                            \
-    switch (rows) { /* a constant row count per case: the dot products in registers */       \
-    case 8: ROWS(8, f); break;                                                               \
-    case 7: ROWS(7, f); break;                                                               \
-    case 6: ROWS(6, f); break;                                                               \
-    case 5: ROWS(5, f); break;                                                               \
-    case 4: ROWS(4, f); break;                                                               \
-    case 3: ROWS(3, f); break;                                                               \
-    case 2: ROWS(2, f); break;                                                               \
-    default: ROWS(1, f); break;                                                              \
+    switch (fmt) { /* a constant format per case */
+    case LMNB_W_Q4_PAIRS: MEMORY_TILES(tile_q_pairs, LMNB_W_Q4_PAIRS); break;
+    case LMNB_W_Q4_PAIRS | DECODED: MEMORY_TILES(tile_q_pairs, LMNB_W_Q4_PAIRS | DECODED); break;
+    case LMNB_W_Q8_PAIRS | DECODED: MEMORY_TILES(tile_q_pairs, LMNB_W_Q8_PAIRS | DECODED); break;
+    default: MEMORY_TILES(tile_q_pairs, LMNB_W_Q8_PAIRS); break;
     }
-    switch (fmt) {
-    case LMNB_W_Q4_PAIRS: FORMAT(LMNB_W_Q4_PAIRS); break;
-    case LMNB_W_Q4_PAIRS | DECODED: FORMAT(LMNB_W_Q4_PAIRS | DECODED); break;
-    case LMNB_W_Q8_PAIRS | DECODED: FORMAT(LMNB_W_Q8_PAIRS | DECODED); break;
-    default: FORMAT(LMNB_W_Q8_PAIRS); break;
-    }
-#undef FORMAT
-#undef ROWS
 }
 
 /* A panel's pair lanes for every k pair, out [k/2][16] (64-byte aligned): what q_pair gives,
@@ -838,35 +840,11 @@ static void q8_tiles(int rows, const void *x, int64_t k, int64_t group,
                      const void *const wps[WP], const void *const sps[WP], int mode, float *y,
                      int64_t ldy, int64_t row0, int64_t col0, int64_t n, const float *bias) {
     (void)group;
-    const uint8_t *xr = (const uint8_t *)x;
-#define ROWS(r, dec)                                                                         \
-    do {                                                                                     \
-        if ((r) <= 2) {                                                                      \
-            tile_q8(r, WP, dec, xr, k, wps, sps, y, ldy, row0, col0, n, bias);               \
-            break;                                                                           \
-        }                                                                                    \
-        for (int h = 0; h < WP; h += NP)                                                     \
-            tile_q8(r, NP, dec, xr, k, wps + h, sps + h, y, ldy, row0, col0 + h * PANEL, n,  \
-                    bias);                                                                   \
-    } while (0)
-#define DECODED_OR_NOT(dec)                                                                  \
-    switch (rows) { /* a constant row count per case: the sums in registers */               \
-    case 8: ROWS(8, dec); break;                                                             \
-    case 7: ROWS(7, dec); break;                                                             \
-    case 6: ROWS(6, dec); break;                                                             \
-    case 5: ROWS(5, dec); break;                                                             \
-    case 4: ROWS(4, dec); break;                                                             \
-    case 3: ROWS(3, dec); break;                                                             \
-    case 2: ROWS(2, dec); break;                                                             \
-    default: ROWS(1, dec); break;                                                            \
-    }
     if (mode & DECODED_Q8) {
-        DECODED_OR_NOT(1);
+        MEMORY_TILES(tile_q8, 1);
     } else {
-        DECODED_OR_NOT(0);
+        MEMORY_TILES(tile_q8, 0);
     }
-#undef DECODED_OR_NOT
-#undef ROWS
 }
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define HAVE_Q8_DOT 1
