@@ -49,17 +49,18 @@ def test_hit_rates_are_consistent(result: dict) -> None:
 
 def test_greedy_outputs_agree_across_systems(result: dict) -> None:
     """The cache never changes a greedy answer, in any dtype. transformers' own model is
-    another implementation: in float32 on the exact kernels it agrees token for token on
-    every workload here (measured); on the torch paths (no C compiler) the products round
-    differently, and a near-tie (json_decode) may go the other way, so one workload of four
-    may differ there; in bf16 agreement is not expected."""
+    another implementation: in float32 on the exact kernels with the activations multiplied
+    as they are (q4, the GGUF's values) it agrees token for token on every workload here
+    (measured); on the torch paths (no C compiler) the products round differently, and a
+    near-tie (json_decode) may go the other way, so one workload of four may differ there; in
+    bf16, or with q4q8 (activations rounded to int8 per 32), agreement is not expected."""
     from lmnb.runtime import cpu_kernels
 
     agree = [w["agreement"]["transformers"] for w in result["workloads"].values()]
     for name, w in result["workloads"].items():
         assert w["agreement"]["lmnb-nocache"] == 1.0, name
         assert 0.0 <= w["agreement"]["transformers"] <= 1.0, name
-    if result["machine"]["dtype"] == "float32":
+    if result["machine"]["dtype"] == "float32" and result["machine"]["engine"]["weights"] != "q4q8":
         exact = cpu_kernels.load() is not None
         assert sum(a == 1.0 for a in agree) >= (len(agree) if exact else len(agree) - 1), agree
 

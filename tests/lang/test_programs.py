@@ -53,7 +53,8 @@ def multi_turn(s, question_1, question_2):
 
 
 def test_multi_turn_chat_with_role_blocks():
-    state = multi_turn.run(question_1="What is the capital of France?", question_2="And of Italy?")
+    state = multi_turn.run(question_1="What is the capital of France? Answer in one sentence.",
+                           question_2="And of Italy?")
     messages = state.messages()
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant"]
     assert messages[2]["content"] == state["answer_1"]
