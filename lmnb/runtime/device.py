@@ -28,7 +28,8 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 DTYPE_ENV = "LMNB_DTYPE"
 WEIGHTS_ENV = "LMNB_WEIGHTS"
-WEIGHT_FORMATS = ("q4", "q4q8", "int8", "bf16", "fp32")  # linear.WEIGHT_FORMATS
+WEIGHT_FORMATS = ("q4", "q4q8", "int8", "bf16", "fp32")  # Engine(weights=...), linear.Linears
+Q4_FORMATS = ("q4", "q4q8")  # the formats that read a GGUF's Q4_1 blocks as they ship
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -193,7 +194,7 @@ def pick_weights(weights: str | None, block_types: set[str], exact_kernels: bool
                if "Q4_1" not in block_types else
                "default: the engine's dtype (q4 needs the native kernels: the torch paths "
                "would de-quantize it anyway)")
-    if fmt in ("q4", "q4q8") and "Q4_1" not in block_types:
+    if fmt in Q4_FORMATS and "Q4_1" not in block_types:
         found = ", ".join(sorted(block_types)) or "none"
         raise ValueError(f"weights={fmt!r} needs a model file that ships Q4_1 blocks (a GGUF, "
                          f"read as it is); {model} has none (quantized blocks found: {found}); "

@@ -25,6 +25,7 @@ from lmnb.runtime.batch import ForwardBatch
 from lmnb.runtime.config import ModelConfig
 from lmnb.runtime.detokenizer import Detokenizer
 from lmnb.runtime.device import (
+    Q4_FORMATS,
     cpu_has_native_bf16,
     cpu_name,
     parse_weights,
@@ -117,7 +118,7 @@ class Engine:
                                                                native is not None)
         self.model = LlamaModel(cfg, loader.load_weights(files.folder), self.dtype, self.device,
                                 native=native, runner=runner, weights_format=self.weights,
-                                blocks=blocks if self.weights in ("q4", "q4q8") else None,
+                                blocks=blocks if self.weights in Q4_FORMATS else None,
                                 attention="torch" if native else self.attention)
         self.max_context = min(self.config.max_position, max_context or self.config.max_position)
         num_slots = (max_tokens_in_cache or DEFAULT_MAX_TOKENS_IN_CACHE) + 1  # + padding sink

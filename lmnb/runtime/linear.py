@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from lmnb.runtime.cpu_kernels import NativeKernels, PackedWeight
+from lmnb.runtime.device import Q4_FORMATS, WEIGHT_FORMATS
 from lmnb.runtime.loader import GGUFBlocks
-
-WEIGHT_FORMATS = ("q4", "q4q8", "int8", "bf16", "fp32")
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +131,7 @@ class Linears:
                  fmt: str | None = None, blocks: dict[str, GGUFBlocks] | None = None) -> None:
         if fmt is not None and fmt not in WEIGHT_FORMATS:
             raise ValueError(f"unknown weight format {fmt!r}; choose one of {WEIGHT_FORMATS}")
-        if fmt in ("q4", "q4q8") and not any(b.kind == "Q4_1" for b in (blocks or {}).values()):
+        if fmt in Q4_FORMATS and not any(b.kind == "Q4_1" for b in (blocks or {}).values()):
             raise ValueError(f"weights={fmt!r} needs the model's Q4_1 blocks (a GGUF that ships "
                              "them); none were given")
         self.weights, self.dtype, self.device = weights, dtype, device

@@ -92,8 +92,9 @@ class NativeKernels:
         # bf16 weights multiply bf16 activations with the CPU's bf16 dot product where it has
         # one (avx512_bf16); elsewhere they are widened to fp32 chains
         self.bf16_pairs = bool(lin.lmnb_has_pairs())
-        # Q4 weights times int8 activations on the CPU's integer dot product (avx512_vnni and
-        # avx512_vbmi); elsewhere the same bits from scalar code
+        # Q4 weights times int8 activations on vector integer dot products (vpdpbusd with
+        # avx512_vnni and avx512_vbmi, vpmaddwd with AVX2); elsewhere the same bits from
+        # scalar code
         self.q8_dot = bool(lin.lmnb_has_q8_dot())
         weight_p = ctypes.POINTER(LmnbWeight)
         self._linear_w = lin.lmnb_linear_w
